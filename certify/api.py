@@ -1,0 +1,70 @@
+"""The one place that chains backends: ``verify(model, prop, method)``.
+
+``method="auto"`` runs ``AUTO_CHAIN`` in order (the cheap falsifier first, then ever tighter sound
+bounds) and stops at the first definite answer; each step's time is kept in ``Result.steps``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+from . import registry
+from .budget import Budget
+from .errors import CertifyError
+from .models import Model, check_spec_fits
+from .results import TIMEOUT, Result, Verdict
+from .spec import Property
+
+AUTO_CHAIN = ("pgd", "ibp")
+
+
+def _options_for(verifier, device: str, attack: bool, chained: bool) -> Any:
+    opts = verifier.Options()
+    fields = {f.name for f in dataclasses.fields(opts)}
+    changes = {}
+    if "device" in fields:
+        changes["device"] = device
+    if "attack" in fields:
+        changes["attack"] = attack and not chained  # in a chain the pgd step has already attacked
+    return dataclasses.replace(opts, **changes) if changes else opts
+
+
+def _run(verifier, model: Model, prop: Property, options: Any, budget: Budget) -> Result:
+    t0 = time.perf_counter()
+    try:
+        return verifier.verify(model, prop, options=options, budget=budget)
+    except CertifyError:
+        raise
+    except Exception as exc:  # a crash inside a backend is an unknown answer that says why
+        return Result(Verdict.UNKNOWN, verifier.name, time.perf_counter() - t0,
+                      reason=f"backend_error: {type(exc).__name__}: {exc}", property=prop.name)
+
+
+def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float | None = None,
+           device: str = "cpu", attack: bool = True, options: Any = None) -> Result:
+    """Decide ``prop`` on ``model`` with one backend, or the ``auto`` chain."""
+    check_spec_fits(model, prop.n_inputs, prop.n_outputs, prop.source or prop.name)
+    budget = Budget(math.inf if timeout is None else float(timeout))
+    if method != "auto":
+        verifier = registry.get(method)
+        opts = options if options is not None else _options_for(verifier, device, attack, chained=False)
+        return _run(verifier, model, prop, opts, budget)
+    t0 = time.perf_counter()
+    steps: list[tuple[str, float, str]] = []
+    last: Result | None = None
+    for name in AUTO_CHAIN:
+        if name == "pgd" and not attack:
+            continue
+        verifier = registry.get(name)
+        last = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True), budget)
+        steps.append((name, last.time_s, last.verdict.value))
+        if last.verdict is not Verdict.UNKNOWN or budget.expired():
+            break
+    assert last is not None
+    reason = last.reason
+    if last.verdict is Verdict.UNKNOWN and budget.expired():
+        reason = TIMEOUT
+    return dataclasses.replace(last, method=f"auto/{last.method}", time_s=time.perf_counter() - t0,
+                               steps=tuple(steps), reason=reason)

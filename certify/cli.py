@@ -1,0 +1,360 @@
+"""Command line: ``certify verify``, ``certify backends``.
+
+Exit codes (never renumbered):
+  0  PROVED       every property proved
+  1  FALSIFIED    at least one property falsified (each with a replayed counterexample)
+  2  USAGE        bad command-line usage
+  3  UNKNOWN      none falsified, at least one unknown (timeout or inconclusive)
+  4  INPUT_ERROR  a bad model, property or data file (the message names the file, line or node)
+  5  INTERNAL     a bug in certify (re-run with --debug for the traceback)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import sys
+import time
+from enum import IntEnum
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CertifyError
+
+EXIT_CODES_HELP = """exit codes:
+  0  all properties proved
+  1  at least one property falsified (each with a counterexample replayed on the model's own runtime)
+  2  usage error
+  3  no property falsified, at least one unknown (timeout or bounds too loose)
+  4  bad input: unreadable model, unsupported operator, malformed VNN-LIB, shape mismatch, missing file
+  5  internal error (please report; --debug shows the traceback)"""
+
+
+class ExitCode(IntEnum):
+    PROVED = 0
+    FALSIFIED = 1
+    USAGE = 2
+    UNKNOWN = 3
+    INPUT_ERROR = 4
+    INTERNAL = 5
+
+
+VERIFY_EXAMPLES = """examples:
+  certify verify net.onnx prop.vnnlib                      # one VNN-LIB property, method auto
+  certify verify net.onnx specs/*.vnnlib --json            # many properties, JSON lines on stdout
+  certify verify net.onnx --data test.npz --eps 0.02 --norm inf --clip 0,1
+                                                           # local robustness of labelled inputs
+  certify verify model.pt --arch mypkg.nets:MLP --data test.pt --eps 0.1 --norm 2
+  certify verify net.onnx prop.vnnlib --vnncomp-result out.txt --timeout 116
+
+verdicts: proved (sound: holds for every input of the set, floating point included),
+falsified (a counterexample was replayed on onnxruntime / the eager model), unknown (with a reason).
+"""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("certify")
+    except Exception:
+        return "0+unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="certify",
+        description="Formal verification of neural networks: prove, falsify (with a replayed counterexample) "
+                    "or report unknown, per property.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"certify {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    v = sub.add_parser("verify", help="verify properties of a model",
+                       description="Verify VNN-LIB properties, or local robustness of labelled inputs, on a model.",
+                       epilog=VERIFY_EXAMPLES + "\n" + EXIT_CODES_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("model", help="an .onnx file, or a PyTorch checkpoint (TorchScript, torch.export .pt2, "
+                                 "or a state dict with --arch)")
+    v.add_argument("specs", nargs="*", metavar="SPEC", help="VNN-LIB files (.vnnlib or .vnnlib.gz)")
+    data = v.add_argument_group("robustness of labelled inputs (instead of VNN-LIB files)")
+    data.add_argument("--data", metavar="FILE", help=".npz with arrays x and y, or a .pt holding {'x': ..., 'y': ...}")
+    data.add_argument("--eps", type=float, help="radius of the perturbation ball")
+    data.add_argument("--norm", default="inf", help="inf, 2 or 1 (default: inf)")
+    data.add_argument("--clip", metavar="LO,HI", help="intersect the ball with the input domain, e.g. 0,1")
+    data.add_argument("--limit", type=int, metavar="N", help="only the first N inputs")
+    m = v.add_argument_group("method")
+    m.add_argument("--method", default="auto",
+                   help="auto (default: PGD attack, then ever tighter sound bounds), or one backend; "
+                        "see 'certify backends'")
+    m.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per property (default: 300)")
+    m.add_argument("--device", default="cpu", help="torch device for bound computation, e.g. cpu or cuda")
+    m.add_argument("--no-attack", action="store_true", help="skip the PGD falsifier")
+    ld = v.add_argument_group("model loading")
+    ld.add_argument("--arch", metavar="MODULE:CLASS", help="architecture class for a state-dict checkpoint")
+    ld.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch, e.g. 1,28,28 "
+                                                                "(needed for TorchScript and some state dicts)")
+    ld.add_argument("--allow-unsafe-pickle", action="store_true",
+                    help="allow loading a pickled nn.Module; this EXECUTES CODE from the file, only for files you trust")
+    out = v.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="one JSON object per property on stdout, then a summary")
+    out.add_argument("--out", metavar="FILE", help="write a certificate (JSON: results, sha256 of model and specs)")
+    out.add_argument("--vnncomp-result", metavar="FILE",
+                     help="write the VNN-COMP result file (sat + counterexample / unsat / timeout / unknown / error)")
+    out.add_argument("--quiet", action="store_true", help="no table, only the summary line")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    b = sub.add_parser("backends", help="list verification backends and whether they are available")
+    b.add_argument("--json", action="store_true")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise CertifyError(f"--input-shape: expected integers like 1,28,28, got {text!r}") from None
+
+
+def _load_data(path: str, limit: int | None):
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise CertifyError(f"{path}: no such file")
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict):
+                raise CertifyError(f"{path}: expected a dict with 'x' and 'y', got {type(obj).__name__}")
+            arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in obj.items()}
+    except CertifyError:
+        raise
+    except Exception as exc:
+        raise CertifyError(f"{path}: cannot read data file ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise CertifyError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
+    x, y = np.asarray(arrays["x"], dtype=np.float64), np.asarray(arrays["y"]).astype(np.int64).reshape(-1)
+    if x.shape[0] != y.shape[0]:
+        raise CertifyError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]} labels")
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def _robustness_properties(model, args) -> list:
+    import torch
+
+    from .errors import ShapeError
+    from .spec import Property, robustness
+
+    if args.eps is None:
+        raise CertifyError("--data needs --eps")
+    x, y = _load_data(args.data, args.limit)
+    if x[0].size != model.n_inputs:
+        raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
+                         model.n_inputs, x[0].size)
+    clip = None
+    if args.clip:
+        try:
+            lo, hi = (float(s) for s in args.clip.split(","))
+        except ValueError:
+            raise CertifyError(f"--clip: expected LO,HI such as 0,1, got {args.clip!r}") from None
+        clip = (lo, hi)
+    stem = Path(args.data).stem
+    props = []
+    for i in range(x.shape[0]):
+        xi = torch.as_tensor(x[i]).reshape(1, *model.input_shape)
+        spec = robustness(xi, [int(y[i])], args.eps, args.norm, n_classes=model.n_outputs, clip=clip)
+        props.append(Property(f"{stem}[{i}] label={int(y[i])} eps={args.eps} norm={args.norm}", (spec,),
+                              source=args.data))
+    return props
+
+
+def _vnncomp_text(results: list) -> str:
+    from .results import TIMEOUT, Verdict
+    from .vnnlib import format_counterexample
+
+    for r in results:
+        if r.verdict is Verdict.FALSIFIED:
+            return "sat\n" + format_counterexample(r.counterexample.x, r.counterexample.y) + "\n"
+    if results and all(r.verdict is Verdict.PROVED for r in results):
+        return "unsat\n"
+    if any(r.reason == TIMEOUT for r in results):
+        return "timeout\n"
+    return "unknown\n"
+
+
+def _fmt_bound(result) -> str:
+    values = [v for spec in result.bounds for v in spec]
+    if not values:
+        return "-"
+    low = min(values)
+    return f"{low:+.4g}" if math.isfinite(low) else str(low)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def cmd_verify(args) -> int:
+    import torch
+
+    from . import api
+    from .models import check_spec_fits, load_model
+    from .results import Verdict
+    from .vnnlib import read_vnnlib
+
+    if not args.specs and not args.data:
+        raise _Usage("give VNN-LIB files, or --data FILE --eps E for robustness of labelled inputs")
+    if args.specs and args.data:
+        raise _Usage("give either VNN-LIB files or --data, not both")
+    if args.method != "auto":
+        from . import registry
+
+        registry.get(args.method)  # an unknown or unavailable backend is an input error, before any work
+    model = load_model(args.model, arch=args.arch, input_shape=_parse_shape(args.input_shape),
+                       allow_unsafe_pickle=args.allow_unsafe_pickle)
+    if args.specs:
+        props = []
+        for s in args.specs:
+            prop = read_vnnlib(s)
+            check_spec_fits(model, prop.n_inputs, prop.n_outputs, s)
+            props.append(prop)
+    else:
+        props = _robustness_properties(model, args)
+
+    progress = None
+    if len(props) > 1 and sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(props), unit="prop", file=sys.stderr, leave=False)
+    results = []
+    t0 = time.perf_counter()
+    for prop in props:
+        r = api.verify(model, prop, args.method, timeout=args.timeout, device=args.device, attack=not args.no_attack)
+        results.append(r)
+        if args.json:
+            print(json.dumps({"source": prop.source, **r.to_dict()}), flush=True)
+        if progress is not None:
+            progress.set_postfix_str(f"{r.verdict.value}")
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+    total = time.perf_counter() - t0
+
+    counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
+    summary = {"proved": counts[Verdict.PROVED], "falsified": counts[Verdict.FALSIFIED],
+               "unknown": counts[Verdict.UNKNOWN], "total": len(results), "time_s": round(total, 3)}
+    if args.json:
+        print(json.dumps({"summary": summary}))
+    else:
+        if not args.quiet:
+            rows = [[r.property, r.verdict.value, r.method, f"{r.time_s:.3f}", _fmt_bound(r),
+                     r.reason or ("counterexample replayed on " + r.counterexample.runtime if r.counterexample else "")]
+                    for r in results]
+            print(_table(rows, ["property", "verdict", "method", "time_s", "min_bound", "note"]))
+        print(f"\n{summary['proved']} proved, {summary['falsified']} falsified, {summary['unknown']} unknown "
+              f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method})")
+
+    if args.vnncomp_result:
+        Path(args.vnncomp_result).write_text(_vnncomp_text(results))
+    if args.out:
+        _write_certificate(args, model, props, results, summary)
+    if counts[Verdict.FALSIFIED]:
+        return ExitCode.FALSIFIED
+    if counts[Verdict.UNKNOWN]:
+        return ExitCode.UNKNOWN
+    return ExitCode.PROVED
+
+
+def _write_certificate(args, model, props, results, summary) -> None:
+    from .models import sha256_file
+
+    sources = {}
+    for p in props:
+        if p.source and p.source not in sources and Path(p.source).exists():
+            sources[p.source] = sha256_file(p.source)
+    cert = {
+        "tool": "certify",
+        "version": _version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"path": str(args.model), "sha256": model.sha256, "kind": model.kind,
+                  "reference_runtime": model.reference_name},
+        "method": args.method,
+        "timeout_s": args.timeout,
+        "specs": [{"path": s, "sha256": h} for s, h in sources.items()],
+        "data": {"eps": args.eps, "norm": args.norm, "clip": args.clip} if args.data else None,
+        "results": [{"source": p.source, "spec_sha256": sources.get(p.source), **r.to_dict()}
+                    for p, r in zip(props, results)],
+        "summary": summary,
+    }
+    Path(args.out).write_text(json.dumps(cert, indent=1) + "\n")
+
+
+def cmd_backends(args) -> int:
+    from . import registry
+
+    infos = registry.available()
+    if args.json:
+        print(json.dumps([{"name": i.name, "available": i.available, "reason": i.reason or None,
+                           "description": i.description} for i in infos]))
+    else:
+        rows = [[i.name, "yes" if i.available else "no", i.description if i.available else i.reason] for i in infos]
+        print(_table(rows, ["backend", "available", "description / why not"]))
+    return ExitCode.PROVED
+
+
+class _Usage(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return ExitCode.USAGE
+    handler = {"verify": cmd_verify, "backends": cmd_backends}[args.command]
+    try:
+        return int(handler(args))
+    except _Usage as exc:
+        print(f"certify {args.command}: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except CertifyError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"certify: error: {exc}", file=sys.stderr)
+        if getattr(args, "vnncomp_result", None):
+            Path(args.vnncomp_result).write_text("error\n")
+        return ExitCode.INPUT_ERROR
+    except KeyboardInterrupt:
+        print("certify: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"certify: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
+              file=sys.stderr)
+        if getattr(args, "vnncomp_result", None):
+            Path(args.vnncomp_result).write_text("error\n")
+        return ExitCode.INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Sound floating point: the argument that lets a computed bound stand for a real-arithmetic bound.
+
+What a *proved* verdict means: the network, evaluated in exact real arithmetic on its stored weights
+(float32 values, exact in float64), maps no point of the input set into the unsafe region. Bounds
+computed in floating point can be wrong by rounding; this module supplies the corrections.
+
+The argument (standard a-priori error analysis, Higham, *Accuracy and Stability of Numerical
+Algorithms*, 2nd ed., Lemma 3.1 and section 3.1):
+
+* With unit roundoff ``u`` (``2**-53`` for float64) and ``gamma_n = n u / (1 - n u)``, a dot product
+  of length ``n`` computed in any summation order, with or without fused multiply-add, satisfies
+  ``|fl(a.x) - a.x| <= gamma_n |a|.|x|``. Adding a bias is one more term: ``gamma_{n+1}``.
+* An interval ``[l, u]`` is carried as centre ``c`` and radius ``r``. Rounding in ``c = (l+u)/2`` is
+  absorbed by taking ``r = up(max(u - c, c - l))``. For a linear map ``y = W x + b`` the interval
+  transform is ``c' = W c + b``, ``r' = |W| r``; each is off by at most
+  ``gamma_{n+2} (|W| (|c| + r) + |b|)``, so widening ``r'`` by that amount (computed with its own
+  rounding absorbed by a ``(1 + 4u)`` factor plus the smallest normal) gives an interval that
+  contains the exact image. The same holds for any linear op evaluated as sums of products
+  (convolution computed by im2col/GEMM, average pooling); ``sound_context`` disables the
+  oneDNN/cuDNN paths that may use Winograd or FFT algorithms, and TF32.
+* Elementwise ops: ReLU and max-pooling are exact in floating point. ``a * x + b`` (a folded
+  BatchNorm, Mul/Div/Add/Sub by a constant) is a length-2 dot product plus the representation
+  error of the folded constants, which the importer records per node (``scale_err``,
+  ``shift_err``). Sigmoid and tanh come from a vector math library whose error is a few ulps of
+  the result; the bound is widened by ``16 u`` relative (four times the worst documented error of
+  the SLEEF/glibc routines) plus the smallest normal.
+* Monotone end points are rounded outward with ``nextafter``, and the input box itself is widened
+  by one ulp, which covers the decimal-to-binary rounding of VNN-LIB constants.
+* The final margin ``C y - d`` of every specification row is concretised in float64 with
+  ``gamma_{n+1}`` plus the representation error of ``C`` and ``d`` subtracted (``certify_margin``).
+
+In fast mode (``Rounding(sound=False)``), used for training and for speed, no correction is made
+and nothing computed in that mode may be reported as proved.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..sets import Box
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """``u``: half the machine epsilon of ``dtype``."""
+    return torch.finfo(dtype).eps / 2
+
+
+def gamma(n: int, dtype: torch.dtype) -> float:
+    """``gamma_n = n u / (1 - n u)``, the relative error bound of an ``n``-term dot product."""
+    nu = n * unit_roundoff(dtype)
+    if nu >= 0.5:
+        raise ValueError(f"dot product of length {n} too long for a rounding bound in {dtype}")
+    return nu / (1 - nu)
+
+
+def down(t: Tensor) -> Tensor:
+    return torch.nextafter(t, torch.full_like(t, -math.inf))
+
+
+def up(t: Tensor) -> Tensor:
+    return torch.nextafter(t, torch.full_like(t, math.inf))
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """How bound rules treat rounding: ``sound=True`` widens every result to cover it."""
+
+    sound: bool = True
+
+    def outward(self, box: Box) -> Box:
+        return Box(down(box.lower), up(box.upper)) if self.sound else box
+
+    def center_radius(self, box: Box) -> tuple[Tensor, Tensor]:
+        """``(c, r)`` with ``[l, u]`` inside ``[c - r, c + r]`` in real arithmetic (when sound)."""
+        c = (box.lower + box.upper) / 2
+        if not self.sound:
+            return c, (box.upper - box.lower) / 2
+        return c, up(torch.maximum(box.upper - c, c - box.lower))
+
+    def from_center_radius(self, c: Tensor, r: Tensor, err: Tensor | float | None = None) -> Box:
+        if not self.sound:
+            return Box(c - r, c + r)
+        width = r + err if err is not None else r
+        width = up(width)
+        return Box(down(c - width), up(c + width))
+
+    def error_bound(self, magnitude: Tensor, n: int, extra_rel: Tensor | float = 0.0) -> Tensor:
+        """``(gamma_n + extra_rel) * magnitude``, itself rounded up (the ``(1 + 4u)`` factor and the
+        smallest normal cover the rounding of this product and of ``magnitude``'s computation)."""
+        dt = magnitude.dtype
+        g = gamma(n, dt)
+        tiny = torch.finfo(dt).tiny
+        return (g + extra_rel) * magnitude * (1 + 4 * unit_roundoff(dt)) + tiny
+
+    def relative(self, box: Box, rel_ulps: float) -> Box:
+        """Widen by ``rel_ulps * u * |value|`` plus the smallest normal (library functions)."""
+        if not self.sound:
+            return box
+        dt = box.lower.dtype
+        k = rel_ulps * unit_roundoff(dt)
+        tiny = torch.finfo(dt).tiny
+        return Box(down(box.lower - k * box.lower.abs() - tiny), up(box.upper + k * box.upper.abs() + tiny))
+
+
+SOUND = Rounding(True)
+FAST = Rounding(False)
+
+
+@contextlib.contextmanager
+def sound_context():
+    """Run linear ops as plain sums of products: no oneDNN/cuDNN (Winograd, FFT) and no TF32."""
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the mkldnn context manager warns about Intel GPUs
+            mkldnn = torch.backends.mkldnn.flags(enabled=False)
+            mkldnn.__enter__()
+        try:
+            with torch.backends.cudnn.flags(enabled=False):
+                yield
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mkldnn.__exit__(None, None, None)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+
+
+def certify_margin(C: Tensor, d: Tensor, y: Box) -> Tensor:
+    """Certified lower bounds of ``C_j y - d_j`` over the output box ``y``, per row, in float64.
+
+    ``C`` is ``[B, R, n]``, ``d`` is ``[B, R]``, ``y`` is a box of ``[B, n]``. The interval value
+    ``sum_k (C+_jk l_k - C-_jk u_k) - d_j`` is computed in float64, then reduced by
+    ``(gamma_{n+1} + u) (|C| max(|l|, |u|) + |d|)``: rounding of the sum plus the representation error
+    of ``C`` and ``d`` parsed from decimal text. The result is ``<=`` the exact real-arithmetic minimum
+    of ``C_j y - d_j`` over the box, so ``> 0`` proves the row's constraint is never met.
+    """
+    C = C.to(torch.float64)
+    d = d.to(torch.float64)
+    lo = y.lower.to(torch.float64).reshape(y.lower.shape[0], 1, -1)
+    hi = y.upper.to(torch.float64).reshape(y.upper.shape[0], 1, -1)
+    zero = torch.zeros((), dtype=torch.float64, device=C.device)
+    value = (torch.where(C > 0, C * lo, zero) + torch.where(C < 0, C * hi, zero)).sum(-1) - d
+    mag = torch.where(C != 0, C.abs() * torch.maximum(lo.abs(), hi.abs()), zero).sum(-1) + d.abs()
+    n = C.shape[-1] + 1
+    err = SOUND.error_bound(mag, n, extra_rel=unit_roundoff(torch.float64))
+    return down(value - err)

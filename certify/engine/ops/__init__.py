@@ -1,0 +1,1 @@
+"""One module per op family; each ends with a module-level ``RULES`` dict."""

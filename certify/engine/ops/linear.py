@@ -1,0 +1,100 @@
+"""Affine ops: dense layers, convolutions, and elementwise scale-and-shift (folded BatchNorm,
+Mul/Div/Add/Sub by constants)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..rules import OpRule, Params, affine_map_ibp
+
+
+# dense: y = x W^T + b over the last dimension
+def _linear(p: Params, x: Tensor) -> Tensor:
+    return F.linear(x, p["weight"], p.get("bias"))
+
+
+def _linear_abs(p: Params, x: Tensor) -> Tensor:
+    return F.linear(x, p["weight"].abs())
+
+
+def _abs_or_none(key: str):
+    def get(p: Params):
+        t = p.get(key)
+        return t.abs() if t is not None else None
+
+    return get
+
+
+def _linear_example(g: torch.Generator):
+    n_in, n_out = int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 6, (1,), generator=g))
+    params = {"weight": torch.randn(n_out, n_in, generator=g, dtype=torch.float64),
+              "bias": torch.randn(n_out, generator=g, dtype=torch.float64)}
+    return params, [(n_in,)]
+
+
+# 2-D convolution (NCHW); ``pre_pad`` holds asymmetric ONNX pads as (left, right, top, bottom)
+def _pad(p: Params, x: Tensor, value: float = 0.0) -> Tensor:
+    pre = p.get("pre_pad")
+    return F.pad(x, pre, value=value) if pre is not None else x
+
+
+def _conv(p: Params, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return F.conv2d(_pad(p, x), weight, bias, p["stride"], p["padding"], p["dilation"], p["groups"])
+
+
+def _conv2d(p: Params, x: Tensor) -> Tensor:
+    return _conv(p, x, p["weight"], p.get("bias"))
+
+
+def _conv2d_abs(p: Params, x: Tensor) -> Tensor:
+    return _conv(p, x, p["weight"].abs(), None)
+
+
+def _conv_example(g: torch.Generator):
+    def r(a, b):
+        return int(torch.randint(a, b + 1, (1,), generator=g))
+
+    groups = r(1, 2)
+    c_in, c_out = groups * r(1, 2), groups * r(1, 2)
+    k = r(1, 3)
+    params = {
+        "weight": torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64),
+        "bias": torch.randn(c_out, generator=g, dtype=torch.float64),
+        "stride": (r(1, 2), r(1, 2)), "padding": (r(0, 1), r(0, 1)), "dilation": (r(1, 2), 1),
+        "groups": groups, "pre_pad": (r(0, 1), 0, 0, r(0, 1)),
+    }
+    return params, [(c_in, r(5, 7), r(5, 7))]
+
+
+# elementwise y = x * scale + shift (either may be absent), constants broadcast over [1, *shape]
+def _affine(p: Params, x: Tensor) -> Tensor:
+    scale, shift = p.get("scale"), p.get("shift")
+    if scale is not None:
+        x = x * scale
+    if shift is not None:
+        x = x + shift
+    return x
+
+
+def _affine_abs(p: Params, x: Tensor) -> Tensor:
+    scale = p.get("scale")
+    return x * scale.abs() if scale is not None else x
+
+
+def _affine_example(g: torch.Generator):
+    params = {"scale": torch.randn(1, 3, 1, 1, generator=g, dtype=torch.float64),
+              "shift": torch.randn(1, 3, 1, 1, generator=g, dtype=torch.float64)}
+    return params, [(3, 2, 2)]
+
+
+RULES = {
+    "linear": OpRule("linear", _linear, affine_map_ibp(_linear, _linear_abs, _abs_or_none("bias"),
+                                                        lambda p: p["weight"].shape[1]),
+                     _linear_example, linear=True),
+    "conv2d": OpRule("conv2d", _conv2d, affine_map_ibp(_conv2d, _conv2d_abs, _abs_or_none("bias"),
+                                                        lambda p: p["weight"][0].numel()),
+                     _conv_example, linear=True),
+    "affine": OpRule("affine", _affine, affine_map_ibp(_affine, _affine_abs, _abs_or_none("shift"), lambda p: 1),
+                     _affine_example, linear=True),
+}

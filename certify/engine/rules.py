@@ -1,0 +1,106 @@
+"""The rule table: one ``OpRule`` per internal op, merged explicitly from ``ops/``.
+
+A rule holds the op's concrete ``forward`` and its interval transform ``ibp``; later transforms
+(linear relaxations for CROWN) attach to the same record. ``example`` draws random parameters and
+input shapes so that the sampled soundness test covers every rule without writing a new test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ..sets import Box
+from .fp import Rounding
+
+Params = Mapping[str, Any]
+Forward = Callable[..., Tensor]  # forward(params, *inputs) -> output
+IBP = Callable[[Params, Sequence[Box], Rounding], Box]
+Example = Callable[[torch.Generator], tuple[dict, list[tuple[int, ...]]]]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How the engine treats one op.
+
+    ``forward(params, *xs)`` evaluates the op on batched tensors ``[B, *shape]``.
+    ``ibp(params, boxes, rounding)`` returns a box containing ``forward`` of every point of the
+    input boxes; with ``rounding.sound`` it contains the exact real-arithmetic image.
+    ``linear`` marks ops that are affine in their inputs.
+    ``example(generator)`` returns random ``(params, input_shapes)`` for the soundness tests.
+    ``domain`` is where those tests draw box end points.
+    """
+
+    op: str
+    forward: Forward
+    ibp: IBP
+    example: Example
+    linear: bool = False
+    domain: tuple[float, float] = (-4.0, 4.0)
+
+
+def monotone_ibp(forward: Forward, rounding_ulps: float | None) -> IBP:
+    """IBP of an op non-decreasing in every input: ``[f(l), f(u)]``.
+
+    ``rounding_ulps=None`` means the op is exact in floating point (ReLU, max, reshape); otherwise the
+    end points are widened by that many units of roundoff, relative, plus one ulp outward.
+    """
+
+    def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
+        out = Box(forward(params, *[b.lower for b in boxes]), forward(params, *[b.upper for b in boxes]))
+        if rounding_ulps is None:
+            return out
+        return rnd.relative(out, rounding_ulps)
+
+    return ibp
+
+
+def affine_map_ibp(
+    forward: Forward,
+    abs_forward: Forward,
+    bias_abs: Callable[[Params], Tensor | None],
+    fan_in: Callable[[Params], int],
+) -> IBP:
+    """IBP of a single-input affine op ``y = L x + b`` in centre-radius form.
+
+    ``c' = L c + b`` and ``r' = |L| r``: two applications of the map, which is the floor for interval
+    arithmetic. In sound mode the radius grows by ``gamma_{n+2} (|L| (|c| + r) + |b|)`` plus the
+    node's recorded representation errors (``rel_err`` relative to ``|L||x|``, ``abs_err`` absolute);
+    see ``fp``.
+    """
+
+    def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
+        (box,) = boxes
+        c, r = rnd.center_radius(box)
+        c2 = forward(params, c)
+        r2 = abs_forward(params, r)
+        if not rnd.sound:
+            return rnd.from_center_radius(c2, r2)
+        mag = abs_forward(params, c.abs() + r)
+        b = bias_abs(params)
+        if b is not None:
+            mag = mag + b
+        err = rnd.error_bound(mag, fan_in(params) + 2, extra_rel=params.get("rel_err", 0.0))
+        abs_err = params.get("abs_err")
+        if abs_err is not None:
+            err = err + abs_err
+        return rnd.from_center_radius(c2, r2, err)
+
+    return ibp
+
+
+def _merged() -> dict[str, OpRule]:
+    from .ops import activations, arith, linear, pool, shape
+
+    merged: dict[str, OpRule] = {}
+    for table in (linear.RULES, arith.RULES, activations.RULES, pool.RULES, shape.RULES):
+        for name, rule in table.items():
+            if name in merged:
+                raise RuntimeError(f"op {name!r} has two rules")
+            merged[name] = rule
+    return merged
+
+
+RULES: dict[str, OpRule] = _merged()

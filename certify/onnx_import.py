@@ -1,0 +1,469 @@
+"""ONNX -> internal ``Graph``, read with the ``onnx`` package (no onnx2torch, no torchvision).
+
+Data-flow nodes map to the engine's coarse ops; nodes whose inputs are all constants (weights,
+``Shape`` of a statically shaped tensor, the ``Gather/Unsqueeze/Concat`` chains exporters emit for
+``view``) are folded at import time with ONNX's reference evaluator. Every node that cannot be
+handled is collected, and one ``UnsupportedOpError`` lists them all with node names.
+
+Conventions: the first dimension of the model input is the batch (fixed to 1 in most VNN-COMP
+files); every data tensor must keep it, and the internal graph replaces it with a free batch.
+Initializers that old exporters also list in ``graph.input`` (ACAS Xu) are not inputs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from .engine.rules import RULES
+from .errors import ModelError, UnsupportedOpError
+from .graph import Graph, Node
+
+U64 = 2.0**-53
+
+
+class _Unsupported(Exception):
+    def __init__(self, why: str):
+        self.why = why
+
+
+def load_onnx_model(path_or_bytes: str | bytes) -> onnx.ModelProto:
+    """Parse an ONNX file; a truncated or non-ONNX file gives a ``ModelError`` naming it."""
+    try:
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            model = onnx.load_model_from_string(bytes(path_or_bytes))
+        else:
+            model = onnx.load(str(path_or_bytes))
+    except FileNotFoundError:
+        raise ModelError(f"{path_or_bytes}: no such file") from None
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelError(f"{path_or_bytes}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path_or_bytes}: ONNX model has no nodes (truncated or empty file?)")
+    return model
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float64).copy())
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, source: str):
+        self.model = model
+        self.source = source
+        g = model.graph
+        self.const: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in g.initializer}
+        self.shape: dict[str, tuple[int, ...]] = {}  # full shape (batch first) of each data tensor
+        self.dummy: dict[str, torch.Tensor] = {}  # a batch-1 random value of each data tensor
+        self.nodes: list[Node] = []
+        self.problems: list[tuple[str, str]] = []
+        self.dead: set[str] = set()  # outputs of nodes that failed (not reported again downstream)
+        self.consumers: dict[str, int] = {}
+        for n in g.node:
+            for i in n.input:
+                self.consumers[i] = self.consumers.get(i, 0) + 1
+        self.graph_output = g.output[0].name if g.output else None
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        inputs = [i for i in g.input if i.name not in self.const]
+        if len(inputs) != 1:
+            raise ModelError(f"{source}: expected exactly one data input, found {[i.name for i in inputs]}")
+        if len(g.output) != 1:
+            raise ModelError(f"{source}: expected exactly one output, found {[o.name for o in g.output]}")
+        self.input = inputs[0]
+        dims = []
+        for k, d in enumerate(self.input.type.tensor_type.shape.dim):
+            v = d.dim_value if d.HasField("dim_value") else 0
+            if v <= 0:
+                if k != 0:
+                    raise ModelError(f"{source}: input '{self.input.name}' has a symbolic dimension {k}")
+                v = 1
+            dims.append(v)
+        if not dims:
+            raise ModelError(f"{source}: input '{self.input.name}' has no static shape")
+        if dims[0] != 1:
+            dims = [1, *dims]  # no batch dimension in the file: we add one
+            self.batch_added = True
+        else:
+            self.batch_added = False
+        self.shape[self.input.name] = tuple(dims)
+        gen = torch.Generator().manual_seed(0)
+        self.dummy[self.input.name] = torch.randn(tuple(dims), generator=gen, dtype=torch.float64)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def fold(self, node: onnx.NodeProto) -> None:
+        """Evaluate a node whose inputs are all constants (ONNX reference evaluator)."""
+        from onnx.reference import ReferenceEvaluator
+
+        ins = [n for n in node.input if n]
+        feeds = {n: self.const[n] for n in ins}
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()]
+        outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output if n]
+        graph = helper.make_graph([node], "fold", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        model.ir_version = self.model.ir_version
+        results = ReferenceEvaluator(model).run(None, feeds)
+        for name, value in zip([n for n in node.output if n], results):
+            self.const[name] = np.asarray(value)
+
+    def add(self, onnx_node: onnx.NodeProto, op: str, inputs: list[str], params: dict[str, Any]) -> None:
+        name = onnx_node.name or onnx_node.output[0]
+        if self._fuse_bias(onnx_node, op, inputs, params):
+            return
+        value = RULES[op].forward(params, *[self.dummy[i] for i in inputs])
+        out = onnx_node.output[0]
+        if value.shape[0] != 1:
+            raise _Unsupported(f"output shape {tuple(value.shape)} does not keep the batch dimension")
+        self.dummy[out] = value
+        self.shape[out] = tuple(value.shape)
+        self.nodes.append(Node(name, op, tuple(inputs), out, params, tuple(value.shape[1:])))
+
+    def _fuse_bias(self, onnx_node, op: str, inputs: list[str], params: dict[str, Any]) -> bool:
+        """Fold ``MatMul`` + ``Add(bias)`` into one dense node (one less op per layer). The exact bias is
+        ``b + shift``; its float64 sum is rounded once, recorded in ``abs_err``."""
+        if op != "affine" or set(params) != {"shift"} or not self.nodes:
+            return False
+        prev = self.nodes[-1]
+        x = inputs[0]
+        if prev.op != "linear" or prev.output != x or self.consumers.get(x, 0) != 1 or x == self.graph_output:
+            return False
+        shift = params["shift"]
+        n_out = prev.shape[-1]
+        if shift.numel() not in (1, n_out) or (shift.dim() > 0 and shift.shape[-1] not in (1, n_out)) or shift.numel() != shift.shape[-1:].numel():
+            return False
+        bias = prev.params.get("bias")
+        new_bias = shift.reshape(-1).expand(n_out) + (bias if bias is not None else 0.0)
+        fused = dict(prev.params, bias=new_bias.clone())
+        err = new_bias.abs() * U64 + (prev.params.get("abs_err", 0.0))
+        fused["abs_err"] = err
+        out = onnx_node.output[0]
+        self.nodes[-1] = Node(prev.name, "linear", prev.inputs, out, fused, prev.shape)
+        self.dummy[out] = RULES["linear"].forward(fused, self.dummy[prev.inputs[0]])
+        self.shape[out] = self.shape[x]
+        return True
+
+    def const_param(self, name: str, data_shape: tuple[int, ...]) -> torch.Tensor:
+        """A constant operand broadcast against a data tensor of full shape ``data_shape``; the
+        broadcast must not change the data shape. Returned without a leading batch axis of size 1."""
+        c = self.const[name]
+        try:
+            out = np.broadcast_shapes(c.shape, data_shape)
+        except ValueError:
+            raise _Unsupported(f"constant '{name}' of shape {c.shape} does not broadcast to {data_shape}") from None
+        if tuple(out) != tuple(data_shape):
+            raise _Unsupported(f"constant '{name}' of shape {c.shape} would change the data shape {data_shape}")
+        if c.ndim == len(data_shape):
+            c = c.reshape(c.shape[1:])
+        return _t(c)
+
+    # -- the conversion ------------------------------------------------------------------------
+    def run(self) -> Graph:
+        for index, node in enumerate(self.model.graph.node):
+            name = node.name or f"{node.op_type}_{index}"
+            ins = [n for n in node.input if n]
+            if any(n in self.dead for n in ins):
+                self.dead.update(node.output)
+                continue
+            try:
+                if node.op_type == "Constant":
+                    self.fold(node)
+                    continue
+                data = [n for n in ins if n in self.shape]
+                if not data:
+                    self.fold(node)
+                    continue
+                if node.op_type == "Shape":
+                    self.shape_of(node)
+                    continue
+                handler = self.HANDLERS.get(node.op_type)
+                if handler is None:
+                    raise _Unsupported("")
+                handler(self, node, ins, _attrs(node))
+            except _Unsupported as exc:
+                label = node.op_type + (f" ({exc.why})" if exc.why else "")
+                self.problems.append((name, label))
+                self.dead.update(node.output)
+            except Exception as exc:  # a malformed node: report it like an unsupported one
+                self.problems.append((name, f"{node.op_type} ({type(exc).__name__}: {exc})"))
+                self.dead.update(node.output)
+        if self.problems:
+            raise UnsupportedOpError(self.problems, self.source)
+        out = self.model.graph.output[0].name
+        if out not in self.shape:
+            raise ModelError(f"{self.source}: output '{out}' does not depend on the input")
+        return Graph(
+            input=self.input.name,
+            input_shape=self.shape[self.input.name][1:],
+            nodes=tuple(self.nodes),
+            output=out,
+            output_shape=self.shape[out][1:],
+            meta={"source": self.source, "onnx_input_shape": self.shape[self.input.name],
+                  "batch_added": self.batch_added, "opset": self.opset},
+        )
+
+    def shape_of(self, node: onnx.NodeProto) -> None:
+        shape = np.array(self.shape[node.input[0]], dtype=np.int64)
+        a = _attrs(node)
+        start, end = a.get("start", 0), a.get("end", None)
+        self.const[node.output[0]] = shape[start:end]
+
+    def _unary(op: str, param_fn: Callable[[dict], dict] | None = None):  # noqa: N805
+        def handle(self, node, ins, attrs):
+            self.add(node, op, [ins[0]], param_fn(attrs) if param_fn else {})
+
+        return handle
+
+    def _reshape_like(self, node, ins, attrs):
+        x = ins[0]
+        full = self.shape[x]
+        dummy = np.empty(full)
+        op = node.op_type
+        if op == "Flatten":
+            axis = attrs.get("axis", 1)
+            axis = axis + len(full) if axis < 0 else axis
+            out = (int(np.prod(full[:axis], dtype=np.int64)), int(np.prod(full[axis:], dtype=np.int64)))
+        elif op == "Reshape":
+            target = [int(v) for v in self.const_of(ins[1], node)]
+            if not attrs.get("allowzero", 0):
+                target = [full[i] if v == 0 else v for i, v in enumerate(target)]
+            out = dummy.reshape(target).shape
+        elif op in ("Squeeze", "Unsqueeze"):
+            axes = attrs.get("axes")
+            if axes is None and len(ins) > 1:
+                axes = [int(v) for v in self.const_of(ins[1], node)]
+            if op == "Squeeze":
+                out = np.squeeze(dummy, axis=tuple(axes) if axes is not None else None).shape
+            else:
+                out = dummy
+                for ax in sorted(a + len(full) + len(axes) if a < 0 else a for a in axes):
+                    out = np.expand_dims(out, ax)
+                out = out.shape
+        else:
+            raise _Unsupported("")
+        if len(out) == 0 or out[0] != 1:
+            raise _Unsupported(f"reshape to {tuple(out)} does not keep the batch dimension")
+        self.add(node, "reshape", [x], {"shape": tuple(int(v) for v in out[1:])})
+
+    def const_of(self, name: str, node) -> np.ndarray:
+        if name not in self.const:
+            raise _Unsupported(f"input '{name}' must be a constant")
+        return self.const[name]
+
+    def _matmul(self, node, ins, attrs):
+        a, b = ins
+        if a in self.shape and b in self.const and self.const[b].ndim == 2:
+            W = self.const[b].T
+            self.add(node, "linear", [a], {"weight": _t(W)})
+        else:
+            raise _Unsupported("only data @ constant matrix is supported")
+
+    def _gemm(self, node, ins, attrs):
+        a, b = ins[0], ins[1]
+        if a not in self.shape or b not in self.const or (len(ins) > 2 and ins[2] not in self.const):
+            raise _Unsupported("only Gemm(data, constant, constant) is supported")
+        if attrs.get("transA", 0):
+            raise _Unsupported("transA=1 on the data input")
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        B = self.const[b].astype(np.float64)
+        W = B if attrs.get("transB", 0) else B.T
+        params = {"weight": _t(W) * alpha}
+        rel = 0.0
+        if alpha != 1.0:
+            rel += U64  # the product alpha * W is rounded once
+        if len(ins) > 2:
+            bias = np.broadcast_to(self.const[ins[2]].astype(np.float64), (W.shape[0],)) if self.const[ins[2]].size in (1, W.shape[0]) else None
+            if bias is None:
+                raise _Unsupported(f"bias of shape {self.const[ins[2]].shape}")
+            params["bias"] = _t(bias) * beta
+            if beta != 1.0:
+                params["abs_err"] = params["bias"].abs() * U64
+        if rel:
+            params["rel_err"] = rel
+        self.add(node, "linear", [a], params)
+
+    def _conv(self, node, ins, attrs):
+        x, w = ins[0], ins[1]
+        if w not in self.const or (len(ins) > 2 and ins[2] not in self.const):
+            raise _Unsupported("weights and bias must be constants")
+        W = self.const[w]
+        if W.ndim != 4:
+            raise _Unsupported(f"only 2-D convolution is supported (weight rank {W.ndim})")
+        params = self._window(attrs, self.shape[x], tuple(W.shape[2:]))
+        params.update(weight=_t(W), groups=int(attrs.get("group", 1)))
+        if len(ins) > 2:
+            params["bias"] = _t(self.const[ins[2]])
+        self.add(node, "conv2d", [x], params)
+
+    def _window(self, attrs, full_shape, kernel) -> dict:
+        """stride/padding/dilation for a 2-D window op; asymmetric pads become ``pre_pad``."""
+        if len(full_shape) != 4:
+            raise _Unsupported(f"only 2-D (NCHW) inputs are supported, got shape {full_shape}")
+        auto = attrs.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        strides = tuple(attrs.get("strides", (1, 1)))
+        dil = tuple(attrs.get("dilations", (1, 1)))
+        pads = list(attrs.get("pads", (0, 0, 0, 0)))
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = []
+            for i in range(2):
+                size = full_shape[2 + i]
+                out = math.ceil(size / strides[i])
+                total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size)
+                small, big = total // 2, total - total // 2
+                pads.append((small, big) if auto == "SAME_UPPER" else (big, small))
+            pads = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+        elif auto == "VALID":
+            pads = [0, 0, 0, 0]
+        elif auto != "NOTSET":
+            raise _Unsupported(f"auto_pad={auto}")
+        top, left, bottom, right = pads
+        params: dict[str, Any] = {"stride": strides, "dilation": dil}
+        if top == bottom and left == right:
+            params["padding"] = (top, left)
+        else:
+            params["padding"] = (0, 0)
+            params["pre_pad"] = (left, right, top, bottom)
+        params["kernel"] = tuple(kernel)
+        return params
+
+    def _pool(self, node, ins, attrs):
+        x = ins[0]
+        if len([o for o in node.output if o]) > 1:
+            raise _Unsupported("the indices output is not supported")
+        full = self.shape[x]
+        if node.op_type.startswith("Global"):
+            kernel = tuple(full[2:])
+            attrs = {}
+        else:
+            kernel = tuple(attrs["kernel_shape"])
+        params = self._window(attrs, full, kernel)
+        params["ceil_mode"] = bool(attrs.get("ceil_mode", 0))
+        if node.op_type in ("MaxPool",):
+            if attrs.get("storage_order", 0):
+                raise _Unsupported("storage_order=1")
+            self.add(node, "maxpool2d", [x], params)
+        else:
+            if params.get("dilation", (1, 1)) != (1, 1):
+                raise _Unsupported("dilated average pooling")
+            include = bool(attrs.get("count_include_pad", 0))
+            if "pre_pad" in params and not include:
+                raise _Unsupported("asymmetric pads with count_include_pad=0")
+            params["count_include_pad"] = include
+            self.add(node, "avgpool2d", [x], params)
+
+    def _batchnorm(self, node, ins, attrs):
+        x = ins[0]
+        if any(n not in self.const for n in ins[1:5]):
+            raise _Unsupported("statistics must be constants (inference mode)")
+        gamma, beta, mean, var = (self.const[n].astype(np.float64) for n in ins[1:5])
+        eps = float(attrs.get("epsilon", 1e-5))
+        full = self.shape[x]
+        shape = (full[1],) + (1,) * (len(full) - 2)
+        scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+        # scale: three roundings (add, sqrt, divide); shift: two more on top of scale's error
+        params = {"scale": _t(scale.reshape(shape)), "shift": _t(shift.reshape(shape)),
+                  "rel_err": 4 * U64,
+                  "abs_err": _t((6 * U64 * (np.abs(beta) + np.abs(mean * scale))).reshape(shape))}
+        self.add(node, "affine", [x], params)
+
+    def _arith(self, node, ins, attrs):
+        a, b = ins
+        op = node.op_type
+        if a in self.shape and b in self.shape:
+            if op in ("Add", "Sub"):
+                self.add(node, op.lower(), [a, b], {})
+                return
+            raise _Unsupported("product or quotient of two data tensors")
+        x, c = (a, b) if a in self.shape else (b, a)
+        cval = self.const_param(c, self.shape[x])
+        params: dict[str, Any] = {}
+        if op == "Add":
+            params["shift"] = cval
+        elif op == "Sub":
+            if x == a:
+                params["shift"] = -cval
+            else:
+                params["scale"], params["shift"] = -torch.ones_like(cval), cval
+        elif op == "Mul":
+            params["scale"] = cval
+        elif op == "Div":
+            if x != a:
+                raise _Unsupported("division by a data tensor")
+            params["scale"] = 1.0 / cval
+            params["rel_err"] = U64  # 1/c is rounded once
+        self.add(node, "affine", [x], params)
+
+    def _concat(self, node, ins, attrs):
+        if any(n not in self.shape for n in ins):
+            raise _Unsupported("concatenation with constants")
+        rank = len(self.shape[ins[0]])
+        axis = attrs["axis"] + rank if attrs["axis"] < 0 else attrs["axis"]
+        if axis == 0:
+            raise _Unsupported("concatenation along the batch axis")
+        self.add(node, "concat", ins, {"axis": axis - 1})
+
+    def _transpose(self, node, ins, attrs):
+        rank = len(self.shape[ins[0]])
+        perm = list(attrs.get("perm", reversed(range(rank))))
+        if perm[0] != 0:
+            raise _Unsupported(f"permutation {perm} moves the batch axis")
+        self.add(node, "transpose", [ins[0]], {"perm": tuple(p - 1 for p in perm[1:])})
+
+    def _leaky(self, node, ins, attrs):
+        alpha = float(attrs.get("alpha", 0.01))
+        if alpha < 0:
+            raise _Unsupported(f"negative slope alpha={alpha} (not monotone)")
+        self.add(node, "leaky_relu", [ins[0]], {"alpha": alpha})
+
+    def _identity(self, node, ins, attrs):
+        self.add(node, "identity", [ins[0]], {})
+
+    def _cast(self, node, ins, attrs):
+        to = attrs.get("to")
+        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            raise _Unsupported(f"cast of data to type {to}")
+        self.add(node, "identity", [ins[0]], {})
+
+    def _neg(self, node, ins, attrs):
+        self.add(node, "affine", [ins[0]], {"scale": torch.tensor(-1.0, dtype=torch.float64)})
+
+    HANDLERS = {
+        "Relu": _unary("relu"),
+        "Sigmoid": _unary("sigmoid"),
+        "Tanh": _unary("tanh"),
+        "LeakyRelu": _leaky,
+        "Identity": _identity,
+        "Dropout": _identity,
+        "Cast": _cast,
+        "Neg": _neg,
+        "Flatten": _reshape_like,
+        "Reshape": _reshape_like,
+        "Squeeze": _reshape_like,
+        "Unsqueeze": _reshape_like,
+        "MatMul": _matmul,
+        "Gemm": _gemm,
+        "Conv": _conv,
+        "MaxPool": _pool,
+        "AveragePool": _pool,
+        "GlobalAveragePool": _pool,
+        "BatchNormalization": _batchnorm,
+        "Add": _arith,
+        "Sub": _arith,
+        "Mul": _arith,
+        "Div": _arith,
+        "Concat": _concat,
+        "Transpose": _transpose,
+    }
+
+
+def onnx_to_graph(model: onnx.ModelProto, source: str = "model.onnx") -> Graph:
+    """Import an ONNX model into the engine's graph (float64 parameters, exact copies of the file's)."""
+    return _Importer(model, source).run()

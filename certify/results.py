@@ -1,0 +1,116 @@
+"""Verdicts and results, with invariants that make an unsound *proved* or an unreplayed
+*falsified* impossible to construct by accident.
+
+* ``FALSIFIED`` requires a ``Counterexample``, and a ``Counterexample`` can only be created by
+  ``certify.replay.check``, after the input was checked to lie in the input set and the reference
+  runtime's output was checked to lie in the unsafe region.
+* ``PROVED`` requires a guarantee (``SOUND`` for deterministic backends, ``PROBABILISTIC`` with its
+  confidence for sampling ones) and no counterexample.
+* ``UNKNOWN`` requires a reason (``timeout``, ``inconclusive``, ``backend_error: ...``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class Verdict(Enum):
+    PROVED = "proved"
+    FALSIFIED = "falsified"
+    UNKNOWN = "unknown"
+
+
+class Guarantee(Enum):
+    SOUND = "sound"  # holds for the exact real-arithmetic network on every input of the set
+    PROBABILISTIC = "probabilistic"  # holds with a stated probability (randomized smoothing)
+
+
+TIMEOUT = "timeout"
+INCONCLUSIVE = "inconclusive"
+
+_REPLAY_TOKEN = object()  # only certify.replay holds a reference that it passes on
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """An input of the set whose output, computed by ``runtime``, lies in unsafe clause ``clause`` of
+    spec ``spec_index`` (``margin = max_j (C_j y - d_j) <= 0``). Built only by ``replay.check``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    spec_index: int
+    clause: int
+    margin: float
+    runtime: str
+    _token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _REPLAY_TOKEN:
+            raise TypeError("a Counterexample can only be created by certify.replay.check")
+
+    @property
+    def replayed(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"x": self.x.reshape(-1).tolist(), "y": self.y.reshape(-1).tolist(), "spec_index": self.spec_index,
+                "clause": self.clause, "margin": self.margin, "runtime": self.runtime, "replayed": True}
+
+
+@dataclass(frozen=True)
+class Result:
+    """The answer for one property.
+
+    ``bounds[s][k]`` is the certified lower bound of clause ``k``'s best row margin
+    ``min_x max_j (C_j f(x) - d_j)`` for spec ``s`` (positive: the clause is unreachable), when the
+    backend computed one. ``steps`` lists ``(method, seconds, verdict)`` for chained methods.
+    """
+
+    verdict: Verdict
+    method: str
+    time_s: float
+    guarantee: Guarantee | None = None
+    bounds: tuple[tuple[float, ...], ...] = ()
+    counterexample: Counterexample | None = None
+    reason: str = ""
+    property: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stats: Mapping[str, float] = field(default_factory=dict)
+    steps: tuple[tuple[str, float, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.verdict is Verdict.FALSIFIED:
+            if not isinstance(self.counterexample, Counterexample):
+                raise ValueError("a FALSIFIED result needs a replayed Counterexample")
+        elif self.counterexample is not None:
+            raise ValueError(f"a {self.verdict.name} result cannot carry a counterexample")
+        if self.verdict is Verdict.PROVED and self.guarantee is None:
+            raise ValueError("a PROVED result needs a guarantee")
+        if self.verdict is Verdict.UNKNOWN and not self.reason:
+            raise ValueError("an UNKNOWN result needs a reason")
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(v: float):
+            return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+
+        return {
+            "property": self.property,
+            "verdict": self.verdict.value,
+            "method": self.method,
+            "time_s": round(self.time_s, 6),
+            "guarantee": self.guarantee.value if self.guarantee else None,
+            "reason": self.reason or None,
+            "bounds": [[num(float(b)) for b in spec] for spec in self.bounds],
+            "counterexample": self.counterexample.to_dict() if self.counterexample else None,
+            "options": dict(self.options),
+            "stats": dict(self.stats),
+            "steps": [{"method": m, "time_s": round(t, 6), "verdict": v} for m, t, v in self.steps],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())

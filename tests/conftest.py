@@ -1,0 +1,44 @@
+"""Shared fixtures: the third-party benchmarks in ../shared (skipped cleanly when absent), seeds and threads."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CERTIFY_SHARED_BENCHMARKS", REPO.parent / "shared" / "benchmarks"))
+EXAMPLES = REPO / "certify" / "examples"
+
+
+def shared_dir(name: str) -> Path:
+    """``../shared/benchmarks/<name>``, or skip the test when it is not there."""
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared benchmark folder {path} is absent")
+    return path
+
+
+def expected_rows(name: str) -> list[dict]:
+    """Rows of ``expected_results.csv`` of a shared benchmark (skips when absent)."""
+    with open(shared_dir(name) / "expected_results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def acasxu() -> Path:
+    return shared_dir("acasxu")
+
+
+@pytest.fixture
+def mnist_fc() -> Path:
+    return shared_dir("mnist_fc")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,6 @@
+"""Built-in backends, in preference order: ``name -> "module:Class"``. One line per backend."""
+
+BUILTIN = {
+    "pgd": "verifiers.pgd:PGD",
+    "ibp": "verifiers.ibp:IBP",
+}
