@@ -25,7 +25,7 @@ from .errors import ShapeError, SpecError
 from .sets import Box, InputSet, LpBall, parse_norm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare with torch.equal, not ==
 class Clause:
     """The unsafe polyhedron ``{y : C y <= d}``: ``C`` is ``[B, rows, n_out]``, ``d`` is ``[B, rows]``."""
 
@@ -52,7 +52,7 @@ class Clause:
         return Clause(self.C[index], self.d[index])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare with torch.equal, not ==
 class Spec:
     """An input set and a disjunction of unsafe clauses; holds iff no input reaches any clause."""
 
@@ -123,7 +123,7 @@ class Spec:
             raise ShapeError(f"{source}: number of outputs (spec vs model)", self.n_outputs, n_outputs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare with torch.equal, not ==
 class Property:
     """A named property: it holds iff every one of its specs holds (one VNN-LIB file)."""
 

@@ -18,10 +18,12 @@ def _linear_abs(p: Params, x: Tensor) -> Tensor:
     return F.linear(x, p["weight"].abs())
 
 
-def _abs_or_none(key: str):
+def _abs_or_none(key: str, trailing: int = 0):
+    """``|params[key]|`` shaped to broadcast over the output (``trailing`` spatial dimensions), or None."""
+
     def get(p: Params):
         t = p.get(key)
-        return t.abs() if t is not None else None
+        return t.abs().reshape(t.shape + (1,) * trailing) if t is not None else None
 
     return get
 
@@ -92,7 +94,7 @@ RULES = {
     "linear": OpRule("linear", _linear, affine_map_ibp(_linear, _linear_abs, _abs_or_none("bias"),
                                                         lambda p: p["weight"].shape[1]),
                      _linear_example, linear=True),
-    "conv2d": OpRule("conv2d", _conv2d, affine_map_ibp(_conv2d, _conv2d_abs, _abs_or_none("bias"),
+    "conv2d": OpRule("conv2d", _conv2d, affine_map_ibp(_conv2d, _conv2d_abs, _abs_or_none("bias", trailing=2),
                                                         lambda p: p["weight"][0].numel()),
                      _conv_example, linear=True),
     "affine": OpRule("affine", _affine, affine_map_ibp(_affine, _affine_abs, _abs_or_none("shift"), lambda p: 1),
