@@ -292,7 +292,7 @@ def _project_l1(delta: Tensor, eps: Tensor) -> Tensor:
     cums = mu.cumsum(-1)
     k = torch.arange(1, a.shape[-1] + 1, device=a.device, dtype=a.dtype)
     cond = mu * k > (cums - eps)
-    rho = cond.sum(-1, keepdim=True) - 1  # cond holds on a prefix of the sorted magnitudes
+    rho = (cond.sum(-1, keepdim=True) - 1).clamp(min=0)  # cond holds on a prefix of the sorted magnitudes
     theta = (cums.gather(-1, rho) - eps) / (rho + 1).to(a.dtype)
     proj = torch.sign(delta) * torch.clamp(a - theta, min=0)
     return torch.where(inside, delta, proj)
