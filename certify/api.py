@@ -46,6 +46,8 @@ def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float
            device: str = "cpu", attack: bool = True, options: Any = None) -> Result:
     """Decide ``prop`` on ``model`` with one backend, or the ``auto`` chain."""
     check_spec_fits(model, prop.n_inputs, prop.n_outputs, prop.source or prop.name)
+    if timeout is not None and not timeout >= 0:  # also rejects NaN
+        raise CertifyError(f"timeout must be a non-negative number of seconds, got {timeout}")
     budget = Budget(math.inf if timeout is None else float(timeout))
     if method != "auto":
         verifier = registry.get(method)

@@ -140,8 +140,10 @@ def _load_data(path: str, limit: int | None):
             arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in obj.items()}
     except CertifyError:
         raise
-    except Exception as exc:
-        raise CertifyError(f"{path}: cannot read data file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # torch's messages span many lines: keep the first, the CLI prints one line
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CertifyError(f"{path}: cannot read data file, expected .npz or a .pt holding {{'x': ..., 'y': ...}} "
+                           f"({type(exc).__name__}: {first})") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise CertifyError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
@@ -150,6 +152,8 @@ def _load_data(path: str, limit: int | None):
         raise CertifyError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]} labels")
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    if x.shape[0] == 0:
+        raise CertifyError(f"{path}: no labelled inputs to verify")
     return x, y
 
 
@@ -161,6 +165,10 @@ def _robustness_properties(model, args) -> list:
 
     if args.eps is None:
         raise CertifyError("--data needs --eps")
+    if math.isnan(args.eps):
+        raise CertifyError("--eps: expected a number, got nan")
+    if args.limit is not None and args.limit < 1:
+        raise CertifyError(f"--limit: expected a positive number of inputs, got {args.limit}")
     x, y = _load_data(args.data, args.limit)
     if x[0].size != model.n_inputs:
         raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
@@ -171,6 +179,8 @@ def _robustness_properties(model, args) -> list:
             lo, hi = (float(s) for s in args.clip.split(","))
         except ValueError:
             raise CertifyError(f"--clip: expected LO,HI such as 0,1, got {args.clip!r}") from None
+        if not lo <= hi:
+            raise CertifyError(f"--clip: LO must not exceed HI, got {args.clip!r}")
         clip = (lo, hi)
     stem = Path(args.data).stem
     props = []
@@ -180,6 +190,22 @@ def _robustness_properties(model, args) -> list:
         props.append(Property(f"{stem}[{i}] label={int(y[i])} eps={args.eps} norm={args.norm}", (spec,),
                               source=args.data))
     return props
+
+
+def _write_output(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise CertifyError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+
+
+def _write_error_result(args) -> None:
+    """Best effort 'error' in the VNN-COMP result file: the failure being reported may be that very file."""
+    if getattr(args, "vnncomp_result", None):
+        try:
+            Path(args.vnncomp_result).write_text("error\n")
+        except OSError:
+            pass
 
 
 def _vnncomp_text(results: list) -> str:
@@ -224,6 +250,15 @@ def cmd_verify(args) -> int:
         raise _Usage("give VNN-LIB files, or --data FILE --eps E for robustness of labelled inputs")
     if args.specs and args.data:
         raise _Usage("give either VNN-LIB files or --data, not both")
+    for flag, target in (("--out", args.out), ("--vnncomp-result", args.vnncomp_result)):
+        if target and not Path(target).resolve().parent.is_dir():  # fail before the work, not after
+            raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise CertifyError(f"--device: unknown device {args.device!r} (e.g. cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CertifyError(f"--device {args.device}: CUDA is not available in this torch installation")
     if args.method != "auto":
         from . import registry
 
@@ -273,7 +308,7 @@ def cmd_verify(args) -> int:
               f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method})")
 
     if args.vnncomp_result:
-        Path(args.vnncomp_result).write_text(_vnncomp_text(results))
+        _write_output(args.vnncomp_result, _vnncomp_text(results))
     if args.out:
         _write_certificate(args, model, props, results, summary)
     if counts[Verdict.FALSIFIED]:
@@ -304,7 +339,7 @@ def _write_certificate(args, model, props, results, summary) -> None:
                     for p, r in zip(props, results)],
         "summary": summary,
     }
-    Path(args.out).write_text(json.dumps(cert, indent=1) + "\n")
+    _write_output(args.out, json.dumps(cert, indent=1) + "\n")
 
 
 def cmd_backends(args) -> int:
@@ -340,8 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"certify: error: {exc}", file=sys.stderr)
-        if getattr(args, "vnncomp_result", None):
-            Path(args.vnncomp_result).write_text("error\n")
+        _write_error_result(args)
         return ExitCode.INPUT_ERROR
     except KeyboardInterrupt:
         print("certify: interrupted", file=sys.stderr)
@@ -351,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"certify: internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)",
               file=sys.stderr)
-        if getattr(args, "vnncomp_result", None):
-            Path(args.vnncomp_result).write_text("error\n")
+        _write_error_result(args)
         return ExitCode.INTERNAL
 
 

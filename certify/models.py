@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import io
 import math
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def from_module(module: torch.nn.Module, input_shape: Sequence[int], *, path: st
                 kind: str = "module", digest: str = "") -> Model:
     """A ``Model`` from an in-memory PyTorch module with inputs of shape ``[B, *input_shape]``."""
     input_shape = tuple(int(s) for s in input_shape)
-    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+    if isinstance(module, torch.nn.Module):  # TorchScript too: the graph is exported in eval mode
         try:
             module.eval()
         except NotImplementedError:
@@ -192,7 +193,11 @@ def _import_arch(arch: str, kwargs: dict | None) -> torch.nn.Module:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"cannot import architecture {arch!r}: {exc}") from None
-    return cls(**(kwargs or {}))
+    try:
+        return cls(**(kwargs or {}))
+    except Exception as exc:  # e.g. saved arch_kwargs the class does not take
+        raise ModelError(f"cannot build architecture {arch!r} with arguments {kwargs or {}}: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def _first_layer_shape(module: torch.nn.Module) -> tuple[int, ...] | None:
@@ -234,6 +239,7 @@ def _torch_legacy(path, digest, arch, arch_kwargs, input_shape, allow_unsafe_pic
     except Exception as exc:
         if not allow_unsafe_pickle:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch's message carries terminal escape codes
             raise ModelError(
                 f"{path}: not a state dict, TorchScript or torch.export archive (safe load failed: {first[:200]}). "
                 "If it is a pickled nn.Module you trust, re-run with --allow-unsafe-pickle: "
@@ -254,11 +260,17 @@ def _torch_legacy(path, digest, arch, arch_kwargs, input_shape, allow_unsafe_pic
         arch = saved_arch  # only our own bundled architectures are imported without being asked
     if arch is None:
         raise ModelError(f"{path}: a state dict needs its architecture: pass --arch package.module:Class")
-    module = _import_arch(arch, arch_kwargs if arch_kwargs is not None else meta.get("arch_kwargs"))
+    try:
+        module = _import_arch(arch, arch_kwargs if arch_kwargs is not None else meta.get("arch_kwargs"))
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     try:
         module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: state dict does not fit {arch}: {str(exc).splitlines()[0]}") from None
+    except RuntimeError as exc:  # line 0 is only "Error(s) in loading state_dict for X:", the facts follow
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = " ".join(lines[1:] or lines)
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ModelError(f"{path}: state dict does not fit {arch}: {detail}") from None
     shape = input_shape or meta.get("input_shape") or _first_layer_shape(module)
     return from_module(module, _need_shape(path, shape), path=str(path), kind="state_dict", digest=digest)
 

@@ -24,6 +24,7 @@ from .errors import ModelError, UnsupportedOpError
 from .graph import Graph, Node
 
 U64 = 2.0**-53
+FOLDED_ONLY = ("Constant", "Shape")  # ops handled without a handler (constant folding, static shapes)
 
 
 class _Unsupported(Exception):
@@ -169,6 +170,8 @@ class _Importer:
             name = node.name or f"{node.op_type}_{index}"
             ins = [n for n in node.input if n]
             if any(n in self.dead for n in ins):
+                if node.op_type not in self.HANDLERS and node.op_type not in FOLDED_ONLY:
+                    self.problems.append((name, node.op_type))  # unsupported in its own right, too
                 self.dead.update(node.output)
                 continue
             try:

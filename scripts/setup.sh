@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install certify with its test extras. Idempotent: a second run only checks.
+# On machines with a local CPU wheel of torch 2.13.0 (pip's find-links), that wheel is installed first,
+# so that no multi-GB CUDA build is downloaded; elsewhere the PyTorch CPU index, then PyPI, are tried.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PY=.venv/bin/python
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "setup: installing torch (CPU)" >&2
+    "$PY" -m pip install -q "torch==2.13.0" \
+        || "$PY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
+        || "$PY" -m pip install -q "torch>=2.1"
+fi
+stamp=.venv/.certify-installed
+want=$(cat pyproject.toml | "$PY" -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import certify, pytest, hypothesis" 2>/dev/null; then
+    echo "setup: installing certify and its dependencies" >&2
+    "$PY" -m pip install -q -e ".[dev]"
+    echo "$want" > "$stamp"
+fi
