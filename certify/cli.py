@@ -250,6 +250,8 @@ def cmd_verify(args) -> int:
         raise _Usage("give VNN-LIB files, or --data FILE --eps E for robustness of labelled inputs")
     if args.specs and args.data:
         raise _Usage("give either VNN-LIB files or --data, not both")
+    if not args.timeout >= 0:  # negative or nan; checked here to name the flag and fail before loading anything
+        raise CertifyError(f"--timeout: expected a non-negative number of seconds, got {args.timeout}")
     for flag, target in (("--out", args.out), ("--vnncomp-result", args.vnncomp_result)):
         if target and not Path(target).resolve().parent.is_dir():  # fail before the work, not after
             raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
