@@ -26,6 +26,8 @@ def _options_for(verifier, device: str, attack: bool, chained: bool) -> Any:
     changes = {}
     if "device" in fields:
         changes["device"] = device
+    if "attack_options" in fields:
+        changes["attack_options"] = dataclasses.replace(opts.attack_options, device=device)
     if "attack" in fields:
         changes["attack"] = attack and not chained  # in a chain the pgd step has already attacked
     return dataclasses.replace(opts, **changes) if changes else opts

@@ -37,6 +37,7 @@ class AttackOptions:
     dtype: str = "float32"
     candidates: int = 8  # how many of the best points are returned for replay
     stop_margin: float = 1e-3
+    device: str = "cpu"
 
 
 def _direction(grad: Tensor, spec_input, flat_dims: int) -> Tensor:
@@ -64,13 +65,13 @@ def _scale(spec_input) -> Tensor:
 def pgd(graph: Graph, spec: Spec, options: AttackOptions = AttackOptions(), budget: Budget | None = None) -> Tensor:
     """Candidate inputs ``[n, *input_shape]`` for a single-instance spec, best (lowest margin) first.
 
-    The graph runs in ``options.dtype`` on the graph's device.
+    The graph runs in ``options.dtype`` on ``options.device``; candidates are returned on the CPU.
     """
     if spec.batch_size != 1:
         raise ValueError("pgd() takes a single-instance spec")
     budget = budget or Budget()
     dtype = getattr(torch, options.dtype)
-    device = graph.device
+    device = torch.device(options.device)
     g = graph.to(device=device, dtype=dtype)
     spec = spec.reshape_input(graph.input_shape).to(device=device, dtype=dtype)
     K = len(spec.unsafe)
@@ -115,7 +116,7 @@ def pgd(graph: Graph, spec: Spec, options: AttackOptions = AttackOptions(), budg
     with torch.no_grad():
         margins = spec.clause_margins(g.forward(x).unsqueeze(1))[:, 0].min(1).values
         best_x, best_m = _keep_best(best_x, best_m, x.detach(), margins, options.candidates)
-    return best_x
+    return best_x.cpu()
 
 
 def _keep_best(best_x, best_m, x: Tensor, m: Tensor, k: int):

@@ -118,6 +118,8 @@ class _Importer:
         name = onnx_node.name or onnx_node.output[0]
         if self._fuse_bias(onnx_node, op, inputs, params):
             return
+        if "weight" in params:
+            params["weight_abs"] = params["weight"].abs()  # |W| for interval and linear bounds, once
         value = RULES[op].forward(params, *[self.dummy[i] for i in inputs])
         out = onnx_node.output[0]
         if value.shape[0] != 1:

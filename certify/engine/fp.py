@@ -26,6 +26,8 @@ Algorithms*, 2nd ed., Lemma 3.1 and section 3.1):
   the SLEEF/glibc routines) plus the smallest normal.
 * Monotone end points are rounded outward with ``nextafter``, and the input box itself is widened
   by one ulp, which covers the decimal-to-binary rounding of VNN-LIB constants.
+* Underflow: ``sound_context`` flushes subnormals to zero (for speed), so every operation may lose
+  up to the smallest normal ``tiny`` in absolute terms; each error bound adds ``2 (n + 2) tiny``.
 * The final margin ``C y - d`` of every specification row is concretised in float64 with
   ``gamma_{n+1}`` plus the representation error of ``C`` and ``d`` subtracted (``certify_margin``).
 
@@ -73,29 +75,51 @@ class Rounding:
     sound: bool = True
 
     def outward(self, box: Box) -> Box:
-        return Box(down(box.lower), up(box.upper)) if self.sound else box
+        """End points of one rounded operation, moved outward: one ulp for the rounding and the
+        smallest normal for a result flushed to zero."""
+        if not self.sound:
+            return box
+        tiny = torch.finfo(box.lower.dtype).tiny
+        return Box(down(box.lower - tiny), up(box.upper + tiny))
+
+    def input_box(self, box: Box) -> Box:
+        """The starting box: one ulp outward (covers decimal parsing), and no subnormal end points
+        (``sound_context`` flushes subnormals, so they are replaced by 0 or -+ the smallest normal,
+        whichever lies outside)."""
+        if not self.sound:
+            return box
+        tiny = torch.finfo(box.lower.dtype).tiny
+        lo, hi = down(box.lower), up(box.upper)
+        lo = torch.where(lo.abs() < tiny, torch.where(lo < 0, -tiny, 0.0).to(lo.dtype), lo)
+        hi = torch.where(hi.abs() < tiny, torch.where(hi > 0, tiny, 0.0).to(hi.dtype), hi)
+        return Box(lo, hi)
 
     def center_radius(self, box: Box) -> tuple[Tensor, Tensor]:
-        """``(c, r)`` with ``[l, u]`` inside ``[c - r, c + r]`` in real arithmetic (when sound)."""
-        c = (box.lower + box.upper) / 2
+        """``(c, r)`` with ``[l, u]`` inside ``[c - r, c + r]`` in real arithmetic (when sound).
+
+        Point intervals get radius exactly 0 (``c = l = u``), which keeps ``nextafter(0)`` subnormals out
+        of the next matrix product; other radii are rounded up past a possible flush to zero."""
+        c = torch.lerp(box.lower, box.upper, 0.5)  # (l + u) / 2 in one op
         if not self.sound:
-            return c, (box.upper - box.lower) / 2
-        return c, up(torch.maximum(box.upper - c, c - box.lower))
+            return c, (box.upper - box.lower) * 0.5
+        m = torch.maximum(box.upper - c, c - box.lower)
+        tiny = torch.finfo(m.dtype).tiny  # a subnormal difference may have been flushed to zero
+        return c, torch.where(box.upper == box.lower, torch.zeros_like(m), up(m + tiny))
 
     def from_center_radius(self, c: Tensor, r: Tensor, err: Tensor | float | None = None) -> Box:
         if not self.sound:
             return Box(c - r, c + r)
         width = r + err if err is not None else r
-        width = up(width)
-        return Box(down(c - width), up(c + width))
+        return self.outward(Box(c - up(width), c + up(width)))
 
     def error_bound(self, magnitude: Tensor, n: int, extra_rel: Tensor | float = 0.0) -> Tensor:
-        """``(gamma_n + extra_rel) * magnitude``, itself rounded up (the ``(1 + 4u)`` factor and the
-        smallest normal cover the rounding of this product and of ``magnitude``'s computation)."""
+        """``(gamma_n + extra_rel) * magnitude + 2 (n + 2) tiny``, itself rounded up: the ``(1 + 4u)``
+        factor covers the rounding of this product and of ``magnitude``'s computation, and the absolute
+        term the underflow of each of the ``n + 2`` operations (flushed to zero: at most ``tiny`` each)."""
         dt = magnitude.dtype
         g = gamma(n, dt)
         tiny = torch.finfo(dt).tiny
-        return (g + extra_rel) * magnitude * (1 + 4 * unit_roundoff(dt)) + tiny
+        return (g + extra_rel) * magnitude * (1 + 4 * unit_roundoff(dt)) + 2 * (n + 2) * tiny
 
     def relative(self, box: Box, rel_ulps: float) -> Box:
         """Widen by ``rel_ulps * u * |value|`` plus the smallest normal (library functions)."""
@@ -103,7 +127,7 @@ class Rounding:
             return box
         dt = box.lower.dtype
         k = rel_ulps * unit_roundoff(dt)
-        tiny = torch.finfo(dt).tiny
+        tiny = 4 * torch.finfo(dt).tiny  # covers results flushed to zero
         return Box(down(box.lower - k * box.lower.abs() - tiny), up(box.upper + k * box.upper.abs() + tiny))
 
 
@@ -113,9 +137,14 @@ FAST = Rounding(False)
 
 @contextlib.contextmanager
 def sound_context():
-    """Run linear ops as plain sums of products: no oneDNN/cuDNN (Winograd, FFT) and no TF32."""
+    """Run linear ops as plain sums of products: no oneDNN/cuDNN (Winograd, FFT) and no TF32.
+
+    Subnormal results are flushed to zero (they make CPU matrix products tens of times slower); each
+    error bound carries an absolute ``tiny`` per operation for that, and ``Rounding.input_box`` keeps
+    subnormals out of the inputs. On exit the flush is switched off again (torch's default)."""
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_flush_denormal(True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the mkldnn context manager warns about Intel GPUs
@@ -128,6 +157,7 @@ def sound_context():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mkldnn.__exit__(None, None, None)
+            torch.set_flush_denormal(False)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 

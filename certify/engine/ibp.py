@@ -20,7 +20,7 @@ def interval_bounds(graph: Graph, box: Box, rounding: Rounding = FAST, all_nodes
     """Output box of ``graph`` over the input box (``[B, *input_shape]``); with ``all_nodes`` the
     boxes of every tensor by name."""
     box = Box(graph.check_input(box.lower), graph.check_input(box.upper))
-    box = rounding.outward(box)
+    box = rounding.input_box(box)
     env = propagate(graph, box, lambda node, boxes: RULES[node.op].ibp(node.params, boxes, rounding))
     return env if all_nodes else env[graph.output]
 

@@ -14,8 +14,15 @@ def _linear(p: Params, x: Tensor) -> Tensor:
     return F.linear(x, p["weight"], p.get("bias"))
 
 
+def _weight_abs(p: Params) -> Tensor:
+    """``|W|``: cached by the importer as ``weight_abs``; computed when absent (training graphs, whose
+    weights change every step)."""
+    w = p.get("weight_abs")
+    return w if w is not None else p["weight"].abs()
+
+
 def _linear_abs(p: Params, x: Tensor) -> Tensor:
-    return F.linear(x, p["weight"].abs())
+    return F.linear(x, _weight_abs(p))
 
 
 def _abs_or_none(key: str, trailing: int = 0):
@@ -50,7 +57,7 @@ def _conv2d(p: Params, x: Tensor) -> Tensor:
 
 
 def _conv2d_abs(p: Params, x: Tensor) -> Tensor:
-    return _conv(p, x, p["weight"].abs(), None)
+    return _conv(p, x, _weight_abs(p), None)
 
 
 def _conv_example(g: torch.Generator):
