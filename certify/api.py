@@ -35,6 +35,9 @@ def _options_for(verifier, device: str, attack: bool, chained: bool) -> Any:
 
 def _run(verifier, model: Model, prop: Property, options: Any, budget: Budget) -> Result:
     t0 = time.perf_counter()
+    why_not = verifier.supports(model, prop)
+    if why_not:
+        return Result(Verdict.UNKNOWN, verifier.name, 0.0, reason=f"unsupported: {why_not}", property=prop.name)
     try:
         return verifier.verify(model, prop, options=options, budget=budget)
     except CertifyError:
