@@ -17,7 +17,7 @@ from .models import Model, check_spec_fits
 from .results import TIMEOUT, Result, Verdict
 from .spec import Property
 
-AUTO_CHAIN = ("pgd", "ibp")
+AUTO_CHAIN = ("pgd", "ibp", "crown", "alpha-crown")
 
 
 def _options_for(verifier, device: str, attack: bool, chained: bool) -> Any:

@@ -383,6 +383,8 @@ class _Importer:
         a, b = ins
         op = node.op_type
         if a in self.shape and b in self.shape:
+            if self.shape[a] != self.shape[b]:
+                raise _Unsupported(f"broadcasting between data tensors of shapes {self.shape[a]} and {self.shape[b]}")
             if op in ("Add", "Sub"):
                 self.add(node, op.lower(), [a, b], {})
                 return

@@ -13,7 +13,8 @@ from certify.engine import sound_interval_bounds
 from certify.models import load_model
 from certify.results import Verdict
 from certify.vnnlib import read_vnnlib
-from verifiers.ibp import IBP, IBPOptions
+from certify.bounding import BoundOptions
+from verifiers.ibp import IBP
 
 from conftest import expected_rows, shared_dir
 
@@ -53,7 +54,7 @@ def test_ibp_never_proves_a_sat_instance(bench):
 
     for row in sat:
         result = ibp.verify(load_model(root / row["onnx"]), read_vnnlib(root / row["vnnlib"]),
-                            options=IBPOptions(attack=False), budget=Budget())
+                            options=BoundOptions(attack=False), budget=Budget())
         assert result.verdict is not Verdict.PROVED, row
 
 

@@ -3,4 +3,6 @@
 BUILTIN = {
     "pgd": "verifiers.pgd:PGD",
     "ibp": "verifiers.ibp:IBP",
+    "crown": "verifiers.crown:CROWN",
+    "alpha-crown": "verifiers.alpha_crown:AlphaCROWN",
 }

@@ -94,6 +94,14 @@ class Rounding:
         hi = torch.where(hi.abs() < tiny, torch.where(hi > 0, tiny, 0.0).to(hi.dtype), hi)
         return Box(lo, hi)
 
+    def hi(self, t: Tensor) -> Tensor:
+        """An upper bound on the exact value of one correctly rounded (possibly flushed) operation."""
+        return up(t + torch.finfo(t.dtype).tiny) if self.sound else t
+
+    def lo(self, t: Tensor) -> Tensor:
+        """A lower bound on the exact value of one correctly rounded (possibly flushed) operation."""
+        return down(t - torch.finfo(t.dtype).tiny) if self.sound else t
+
     def center_radius(self, box: Box) -> tuple[Tensor, Tensor]:
         """``(c, r)`` with ``[l, u]`` inside ``[c - r, c + r]`` in real arithmetic (when sound).
 

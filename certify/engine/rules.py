@@ -1,8 +1,10 @@
 """The rule table: one ``OpRule`` per internal op, merged explicitly from ``ops/``.
 
-A rule holds the op's concrete ``forward`` and its interval transform ``ibp``; later transforms
-(linear relaxations for CROWN) attach to the same record. ``example`` draws random parameters and
-input shapes so that the sampled soundness test covers every rule without writing a new test.
+A rule holds the op's concrete ``forward``, its interval transform ``ibp`` and what backward linear
+bound propagation (CROWN) needs: for affine ops the transpose of the map (``transpose``) and ``|L|``
+(``abs_forward``); for elementwise nonlinear ops a linear relaxation (``relax``, relaxation as data);
+for other nonlinear ops (max-pooling) a custom ``backward`` rule. ``example`` draws random parameters
+and input shapes so that the sampled soundness tests cover every rule without writing a new test.
 """
 from __future__ import annotations
 
@@ -22,13 +24,38 @@ Example = Callable[[torch.Generator], tuple[dict, list[tuple[int, ...]]]]
 
 
 @dataclass(frozen=True)
+class Relaxation:
+    """Elementwise linear bounds valid on ``[l, u]``: ``lw * z + lb <= f(z) <= uw * z + ub``.
+
+    Tensors broadcast against ``[B, R, *shape]`` (a lower slope may be per specification row, as in
+    alpha-CROWN); with sound rounding the lines are valid in exact arithmetic for the stored floats.
+    """
+
+    lw: Tensor
+    lb: Tensor
+    uw: Tensor
+    ub: Tensor
+
+
+# relax(params, l, u, rounding, alpha) -> Relaxation; alpha (or None) is the optimisable lower slope
+Relax = Callable[[Params, Tensor, Tensor, Rounding, "Tensor | None"], Relaxation]
+# backward(params, A, input_boxes, rounding) -> (A per input, bias [N, R], rounding error [N, R])
+Backward = Callable[[Params, Tensor, Sequence[Box], Rounding], tuple[tuple[Tensor, ...], Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
 class OpRule:
     """How the engine treats one op.
 
     ``forward(params, *xs)`` evaluates the op on batched tensors ``[B, *shape]``.
     ``ibp(params, boxes, rounding)`` returns a box containing ``forward`` of every point of the
     input boxes; with ``rounding.sound`` it contains the exact real-arithmetic image.
-    ``linear`` marks ops that are affine in their inputs.
+    ``linear`` marks ops that are affine in their inputs: ``transpose(params, A)`` maps coefficients
+    ``A`` (``[N, *out_shape]``) on the output to coefficients on each input (``A L``), and for
+    single-input maps ``abs_forward(params, x) = |L| x``; ``exact`` marks affine ops computed without
+    rounding (moves, copies, negation).
+    ``relax`` (elementwise nonlinear ops) or ``backward`` (other nonlinear ops) serve CROWN; ``alpha``
+    marks a ``relax`` whose lower slope can be optimised within ``alpha_range``.
     ``example(generator)`` returns random ``(params, input_shapes)`` for the soundness tests.
     ``domain`` is where those tests draw box end points.
     """
@@ -38,6 +65,12 @@ class OpRule:
     ibp: IBP
     example: Example
     linear: bool = False
+    transpose: Callable[..., tuple[Tensor, ...]] | None = None
+    abs_forward: Forward | None = None
+    exact: bool = False
+    relax: Relax | None = None
+    backward: Backward | None = None
+    alpha: bool = False
     domain: tuple[float, float] = (-4.0, 4.0)
 
 

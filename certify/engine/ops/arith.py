@@ -32,7 +32,16 @@ def _add_ibp(p: Params, boxes, rnd: Rounding) -> Box:
     return rnd.outward(Box(a.lower + b.lower, a.upper + b.upper))
 
 
+def _add_t(p: Params, A: Tensor, in_shapes):
+    return A, A
+
+
+def _sub_t(p: Params, A: Tensor, in_shapes):
+    return A, -A
+
+
 RULES = {
-    "add": OpRule("add", _add, _add_ibp, _two_inputs, linear=True),
-    "sub": OpRule("sub", _sub, _sub_ibp, _two_inputs, linear=True),
+    # both inputs have the output's shape (the importer refuses broadcasting between data tensors)
+    "add": OpRule("add", _add, _add_ibp, _two_inputs, linear=True, exact=True, transpose=_add_t),
+    "sub": OpRule("sub", _sub, _sub_ibp, _two_inputs, linear=True, exact=True, transpose=_sub_t),
 }

@@ -97,13 +97,38 @@ def _affine_example(g: torch.Generator):
     return params, [(3, 2, 2)]
 
 
+# transposes: coefficients A [N, *out] on the output -> coefficients on the input (A L)
+def _linear_t(p: Params, A: Tensor, in_shapes) -> tuple[Tensor]:
+    return (A @ p["weight"],)
+
+
+def _conv2d_t(p: Params, A: Tensor, in_shapes) -> tuple[Tensor]:
+    c, h, w = in_shapes[0]
+    pre = p.get("pre_pad") or (0, 0, 0, 0)
+    left, right, top, bottom = pre
+    H, W = h + top + bottom, w + left + right  # the padded input the convolution saw
+    weight = p["weight"]
+    k_h, k_w = weight.shape[2:]
+    (s_h, s_w), (p_h, p_w), (d_h, d_w) = p["stride"], p["padding"], p["dilation"]
+    out_h, out_w = A.shape[-2:]
+    op_h = H - ((out_h - 1) * s_h - 2 * p_h + d_h * (k_h - 1) + 1)
+    op_w = W - ((out_w - 1) * s_w - 2 * p_w + d_w * (k_w - 1) + 1)
+    g = F.conv_transpose2d(A, weight, None, p["stride"], p["padding"], (op_h, op_w), p["groups"], p["dilation"])
+    return (g[..., top:top + h, left:left + w],)
+
+
+def _affine_t(p: Params, A: Tensor, in_shapes) -> tuple[Tensor]:
+    scale = p.get("scale")
+    return (A * scale if scale is not None else A,)
+
+
 RULES = {
     "linear": OpRule("linear", _linear, affine_map_ibp(_linear, _linear_abs, _abs_or_none("bias"),
                                                         lambda p: p["weight"].shape[1]),
-                     _linear_example, linear=True),
+                     _linear_example, linear=True, transpose=_linear_t, abs_forward=_linear_abs),
     "conv2d": OpRule("conv2d", _conv2d, affine_map_ibp(_conv2d, _conv2d_abs, _abs_or_none("bias", trailing=2),
                                                         lambda p: p["weight"][0].numel()),
-                     _conv_example, linear=True),
+                     _conv_example, linear=True, transpose=_conv2d_t, abs_forward=_conv2d_abs),
     "affine": OpRule("affine", _affine, affine_map_ibp(_affine, _affine_abs, _abs_or_none("shift"), lambda p: 1),
-                     _affine_example, linear=True),
+                     _affine_example, linear=True, transpose=_affine_t, abs_forward=_affine_abs),
 }

@@ -1,0 +1,233 @@
+"""CROWN: backward linear bound propagation (Zhang et al. 2018) over the computational graph
+(Xu et al. 2020, "Automatic Perturbation Analysis").
+
+For coefficients ``A`` on a tensor ``t``, the backward pass walks the graph from ``t`` to the input,
+replacing each op by its transpose (affine ops) or by the linear relaxation that bounds ``<A, op(z)>``
+from below (nonlinear ops: the lower line where a coefficient is positive, the upper line where it is
+negative). It ends with ``<A, t(x)> >= <A_x, x> + bias`` for every ``x`` whose intermediate values lie in
+their boxes, and the input set concretises the right-hand side (``concretize_lower``: dual norms for
+Lp balls, the box otherwise), so a new input set needs no change here.
+
+The specification is folded in: the pass starts at the output with ``A = C`` (one row per
+constraint), so one backward pass bounds every row of every clause.
+
+Intermediate bounds are needed only at inputs of nonlinear ops; each is the intersection of IBP and
+a CROWN pass started at that tensor (rows ``+e_i`` and ``-e_i``, only for unstable neurons of
+ReLU-like ops).
+
+Floating point: with ``Rounding(sound=True)`` (float64, inside ``fp.sound_context``) every step adds
+an a-priori bound on its rounding error to ``err``, so the returned value is below the exact
+real-arithmetic minimum. For an affine op ``y = L z + f0`` the computed ``A L`` and ``<A, f0>`` are off
+by at most ``gamma_N <|A|, |L| m_z + |f0|>`` with ``N`` the output size plus one and
+``m_z = max(|l_z|, |u_z|)``, plus the op's recorded representation errors; a relaxation step by
+``u <|A_z|, m_z> + gamma_{2M+1} <|A|, |lb| + |ub|>``; the relaxation lines themselves are valid in exact
+arithmetic (see ``ops/activations.py``); the bias sum by ``gamma_k`` of its terms; and the final
+concretisation by ``fp.concretize_lower``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from ..graph import Graph
+from ..sets import Box, InputSet, LpBall
+from .fp import FAST, SOUND, Rounding, sound_context, unit_roundoff
+from .rules import RULES
+
+ROW_CHUNK = 1024  # intermediate-bound rows per backward pass (memory cap)
+
+
+def _flat_dot(A: Tensor, t: Tensor) -> Tensor:
+    """``<A, t>`` over the trailing dimensions: ``A`` is ``[B, R, *s]``, ``t`` broadcasts to ``[B, 1, *s]``."""
+    return (A * t).flatten(2).sum(-1)
+
+
+def concretize_lower(input_set: InputSet, A: Tensor, rnd: Rounding) -> Tensor:
+    """``min_x <A_r, x>`` over the input set, per row (``A`` is ``[B, R, *shape]``), below the exact value.
+
+    Box (and L-inf ball): ``<A, c> - <|A|, r>``; Lp ball: ``<A, c> - eps ||A||_q``, intersected with its clip
+    box by taking the larger of the two lower bounds. Sound rounding subtracts
+    ``gamma_{n+3} (<|A|, |c|> + radius term)``.
+    """
+    n = A[0, 0].numel()
+    if isinstance(input_set, LpBall) and input_set.p != math.inf:
+        c = input_set.center.unsqueeze(1)
+        Af = A.flatten(2)
+        q = {2.0: 2.0, 1.0: math.inf}[input_set.p]
+        dual = Af.abs().amax(-1) if q == math.inf else torch.linalg.vector_norm(Af, ord=q, dim=-1)
+        radius = input_set.eps.reshape(-1, 1) * dual
+        value = _flat_dot(A, c) - radius
+        if rnd.sound:
+            value = rnd.lo(value - rnd.error_bound(_flat_dot(A.abs(), c.abs()) + radius, n + 3))
+        if input_set.clip is not None:
+            value = torch.maximum(value, concretize_lower(input_set.clip, A, rnd))
+        return value
+    box = rnd.input_box(input_set.bounds())
+    c, r = rnd.center_radius(box)
+    c, r = c.unsqueeze(1), r.unsqueeze(1)
+    value = _flat_dot(A, c) - _flat_dot(A.abs(), r)
+    if rnd.sound:
+        value = rnd.lo(value - rnd.error_bound(_flat_dot(A.abs(), c.abs() + r), n + 1))
+    return value
+
+
+def _shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    shapes = {graph.input: graph.input_shape}
+    for node in graph.nodes:
+        shapes[node.output] = node.shape
+    return shapes
+
+
+def _magnitude(box: Box) -> Tensor:
+    return torch.maximum(box.lower.abs(), box.upper.abs())
+
+
+def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, start: str, A: Tensor,
+                   rnd: Rounding, alphas: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Lower bound of ``<A_r, t_start(x)>`` per row over the input set, ``[B, R]``.
+
+    ``boxes`` must hold bounds of every tensor between the input and ``start`` (from ``compute_boxes``);
+    ``alphas`` maps a ReLU-like node name to its lower slopes ``[B, R, *shape]`` (alpha-CROWN).
+    """
+    shapes = _shapes(graph)
+    B, R = A.shape[:2]
+    acc: dict[str, Tensor] = {start: A}
+    bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
+    err = torch.zeros_like(bias)
+    bias_terms, bias_mag = 0, torch.zeros_like(bias)
+    last = max(i for i, n in enumerate(graph.nodes) if n.output == start) if start != graph.input else -1
+    for node in reversed(graph.nodes[: last + 1]):
+        Aout = acc.pop(node.output, None)
+        if Aout is None:
+            continue
+        rule = RULES[node.op]
+        in_boxes = [boxes[name] for name in node.inputs]
+        if rule.relax is not None:
+            z = in_boxes[0]
+            alpha = alphas.get(node.name) if alphas is not None else None
+            rel = rule.relax(node.params, z.lower, z.upper, rnd, alpha)
+            pos, neg = Aout.clamp(min=0), Aout.clamp(max=0)
+            lw = rel.lw if rel.lw.dim() == Aout.dim() else rel.lw.unsqueeze(1)
+            uw = rel.uw.unsqueeze(1)
+            lb, ub = rel.lb.unsqueeze(1), rel.ub.unsqueeze(1)
+            A_ins = (pos * lw + neg * uw,)
+            term = _flat_dot(pos, lb) + _flat_dot(neg, ub)
+            if rnd.sound:
+                M = lb[0, 0].numel()
+                err = err + rnd.error_bound(_flat_dot(A_ins[0].abs(), _magnitude(z).unsqueeze(1)), 2)
+                err = err + rnd.error_bound(_flat_dot(Aout.abs(), lb.abs() + ub.abs()), 2 * M + 1)
+        elif rule.backward is not None:
+            A_ins, term, step_err = rule.backward(node.params, Aout, in_boxes, rnd)
+            err = err + step_err
+        else:
+            flat = Aout.reshape(B * R, *Aout.shape[2:])
+            in_shapes = [shapes[name] for name in node.inputs]
+            A_ins = tuple(a.reshape(B, R, *s) for a, s in zip(rule.transpose(node.params, flat, in_shapes), in_shapes))
+            term = None
+            if not rule.exact:
+                zeros = [torch.zeros(1, *s, dtype=A.dtype, device=A.device) for s in in_shapes]
+                f0 = rule.forward(node.params, *zeros).unsqueeze(1)
+                term = _flat_dot(Aout, f0)
+                if rnd.sound:
+                    m = rule.abs_forward(node.params, _magnitude(in_boxes[0])).unsqueeze(1)
+                    N = Aout[0, 0].numel() + 1
+                    err = err + rnd.error_bound(_flat_dot(Aout.abs(), m + f0.abs()), N,
+                                                extra_rel=node.params.get("rel_err", 0.0))
+                    abs_err = node.params.get("abs_err")
+                    if abs_err is not None:
+                        err = err + _flat_dot(Aout.abs(), torch.as_tensor(abs_err, dtype=A.dtype).unsqueeze(0).unsqueeze(0)
+                                              if torch.as_tensor(abs_err).dim() == 0 else abs_err.unsqueeze(0).unsqueeze(0))
+        if term is not None:
+            bias = bias + term
+            bias_terms += 1
+            bias_mag = bias_mag + term.abs()
+        for name, a in zip(node.inputs, A_ins):
+            if name in acc:  # a tensor read by several ops: coefficients add up (one rounding each)
+                a = acc[name] + a
+                if rnd.sound:
+                    err = err + rnd.error_bound(_flat_dot(a.abs(), _magnitude(boxes[name]).unsqueeze(1)), 1)
+            acc[name] = a
+    A_x = acc.get(graph.input)
+    if A_x is None:
+        A_x = torch.zeros(B, R, *graph.input_shape, dtype=A.dtype, device=A.device)
+    value = concretize_lower(input_set, A_x, rnd) + bias
+    if rnd.sound:
+        err = err + rnd.error_bound(bias_mag, bias_terms + 2)
+        value = rnd.lo(rnd.lo(value) - err)
+    return value
+
+
+def _needs_bounds(graph: Graph) -> dict[str, bool]:
+    """Tensors read by nonlinear ops -> whether only the unstable neurons matter (ReLU-like consumers)."""
+    out: dict[str, bool] = {}
+    for node in graph.nodes:
+        rule = RULES[node.op]
+        if rule.relax is not None or rule.backward is not None:
+            name = node.inputs[0]
+            out[name] = out.get(name, True) and rule.alpha
+    return out
+
+
+def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True) -> dict[str, Box]:
+    """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``)."""
+    boxes: dict[str, Box] = {graph.input: rnd.input_box(input_set.bounds())}
+    needs = _needs_bounds(graph) if refine else {}
+    for node in graph.nodes:
+        boxes[node.output] = RULES[node.op].ibp(node.params, [boxes[n] for n in node.inputs], rnd)
+        if node.output in needs:
+            boxes[node.output] = _refine(graph, boxes, input_set, node.output, needs[node.output], rnd)
+    return boxes
+
+
+def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, unstable_only: bool,
+            rnd: Rounding) -> Box:
+    box = boxes[name]
+    B = box.lower.shape[0]
+    lo, hi = box.lower.reshape(B, -1).clone(), box.upper.reshape(B, -1).clone()
+    wanted = ((lo < 0) & (hi > 0)).any(0) if unstable_only else torch.ones(lo.shape[1], dtype=torch.bool, device=lo.device)
+    idx = wanted.nonzero().reshape(-1)
+    for start in range(0, idx.numel(), ROW_CHUNK):
+        rows = idx[start:start + ROW_CHUNK]
+        R = rows.numel()
+        eye = torch.zeros(R, lo.shape[1], dtype=lo.dtype, device=lo.device)
+        eye[torch.arange(R, device=lo.device), rows] = 1.0
+        A = torch.cat([eye, -eye]).unsqueeze(0).expand(B, -1, -1).reshape(B, 2 * R, *box.shape)
+        lb = backward_lower(graph, boxes, input_set, name, A, rnd)
+        lo[:, rows] = torch.maximum(lo[:, rows], lb[:, :R])
+        hi[:, rows] = torch.minimum(hi[:, rows], -lb[:, R:])
+    return Box(lo.reshape(box.lower.shape), hi.reshape(box.upper.shape))
+
+
+def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Rounding = FAST,
+                boxes: Mapping[str, Box] | None = None, alphas: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Lower bounds of ``C_r f(x) - d_r`` over the input set, ``[B, R]`` (``C`` is ``[B, R, n_out]``)."""
+    input_set = input_set.reshape(graph.input_shape)
+    if boxes is None:
+        boxes = compute_boxes(graph, input_set, rnd)
+    A = C.to(graph.dtype).reshape(C.shape[0], C.shape[1], *graph.output_shape)
+    value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas) - d.to(A.dtype)
+    if rnd.sound:  # one subtraction, and d's own decimal-to-binary rounding
+        value = rnd.lo(value - unit_roundoff(A.dtype) * d.to(A.dtype).abs())
+    return value
+
+
+def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
+                      device: str | torch.device | None = None,
+                      alpha_sets: list[Mapping[str, Tensor] | None] = (None,)) -> Tensor:
+    """``crown_lower`` in float64 with sound rounding (below the exact real-arithmetic minimum), for
+    each set of lower slopes in ``alpha_sets`` (``None``: CROWN's own), keeping the best per row."""
+    g = graph.to(device=device, dtype=torch.float64)
+    dev = g.device
+    s = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
+    C, d = C.to(dev, torch.float64), d.to(dev, torch.float64)
+    best = None
+    with sound_context():
+        boxes = compute_boxes(g, s, SOUND)
+        for alphas in alpha_sets:
+            a64 = {k: v.detach().to(device=dev, dtype=torch.float64) for k, v in alphas.items()} if alphas else None
+            value = crown_lower(g, s, C, d, SOUND, boxes=boxes, alphas=a64)
+            best = value if best is None else torch.maximum(best, value)
+    return best
