@@ -12,8 +12,7 @@ The specification is folded in: the pass starts at the output with ``A = C`` (on
 constraint), so one backward pass bounds every row of every clause.
 
 Intermediate bounds are needed only at inputs of nonlinear ops; each is the intersection of IBP and
-a CROWN pass started at that tensor (rows ``+e_i`` and ``-e_i``, only for unstable neurons of
-ReLU-like ops).
+a CROWN pass started at that tensor (rows ``+e_i`` and ``-e_i``).
 
 Floating point: with ``Rounding(sound=True)`` (float64, inside ``fp.sound_context``) every step adds
 an a-priori bound on its rounding error to ``err``, so the returned value is below the exact
@@ -160,39 +159,36 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
     return value
 
 
-def _needs_bounds(graph: Graph) -> dict[str, bool]:
-    """Tensors read by nonlinear ops -> whether only the unstable neurons matter (ReLU-like consumers)."""
-    out: dict[str, bool] = {}
-    for node in graph.nodes:
-        rule = RULES[node.op]
-        if rule.relax is not None or rule.backward is not None:
-            name = node.inputs[0]
-            out[name] = out.get(name, True) and rule.alpha
-    return out
+def _needs_bounds(graph: Graph) -> set[str]:
+    """Tensors read by nonlinear ops: the only ones whose bounds CROWN tightens."""
+    return {node.inputs[0] for node in graph.nodes
+            if RULES[node.op].relax is not None or RULES[node.op].backward is not None}
 
 
 def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True) -> dict[str, Box]:
-    """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``)."""
+    """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``).
+
+    Every neuron there is refined, stable ones included: their tighter bounds tighten the IBP of the
+    layers after them (which is intersected with CROWN in turn)."""
     boxes: dict[str, Box] = {graph.input: rnd.input_box(input_set.bounds())}
-    needs = _needs_bounds(graph) if refine else {}
+    needs = _needs_bounds(graph) if refine else set()
     for node in graph.nodes:
         boxes[node.output] = RULES[node.op].ibp(node.params, [boxes[n] for n in node.inputs], rnd)
         if node.output in needs:
-            boxes[node.output] = _refine(graph, boxes, input_set, node.output, needs[node.output], rnd)
+            boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd)
     return boxes
 
 
-def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, unstable_only: bool,
-            rnd: Rounding) -> Box:
+def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, rnd: Rounding) -> Box:
+    """Intersect a tensor's box with CROWN bounds of each of its values (rows ``+e_i`` and ``-e_i``)."""
     box = boxes[name]
     B = box.lower.shape[0]
     lo, hi = box.lower.reshape(B, -1).clone(), box.upper.reshape(B, -1).clone()
-    wanted = ((lo < 0) & (hi > 0)).any(0) if unstable_only else torch.ones(lo.shape[1], dtype=torch.bool, device=lo.device)
-    idx = wanted.nonzero().reshape(-1)
-    for start in range(0, idx.numel(), ROW_CHUNK):
-        rows = idx[start:start + ROW_CHUNK]
+    n = lo.shape[1]
+    for start in range(0, n, ROW_CHUNK):
+        rows = torch.arange(start, min(n, start + ROW_CHUNK), device=lo.device)
         R = rows.numel()
-        eye = torch.zeros(R, lo.shape[1], dtype=lo.dtype, device=lo.device)
+        eye = torch.zeros(R, n, dtype=lo.dtype, device=lo.device)
         eye[torch.arange(R, device=lo.device), rows] = 1.0
         A = torch.cat([eye, -eye]).unsqueeze(0).expand(B, -1, -1).reshape(B, 2 * R, *box.shape)
         lb = backward_lower(graph, boxes, input_set, name, A, rnd)

@@ -71,3 +71,55 @@ def test_relaxations_are_tight_on_points():
     x = torch.tensor([[-1.5, 0.0, 2.0]], dtype=torch.float64)
     out = RULES["relu"].ibp({}, [Box(x, x)], SOUND)
     assert torch.equal(out.lower, torch.relu(x)) and torch.equal(out.upper, torch.relu(x))
+
+
+RELAXED = sorted(op for op, rule in RULES.items() if rule.relax is not None)
+
+
+@pytest.mark.parametrize("op", RELAXED)
+@pytest.mark.parametrize("mode", ["wide", "straddle", "degenerate", "narrow"])
+def test_relaxation_sandwiches_the_function(op, mode):
+    """``lw z + lb <= f(z) <= uw z + ub`` on [l, u] for sampled z, with CROWN's and random alpha slopes."""
+    rule = RULES[op]
+    gen = torch.Generator().manual_seed(11)
+    params, shapes = rule.example(gen)
+    lo, hi = rule.domain
+    if mode == "narrow":
+        l = (lo + (hi - lo) * torch.rand((1, 200), generator=gen, dtype=torch.float64))
+        box = Box(l, l + 1e-7 * torch.rand_like(l))
+    else:
+        box = _random_box((200,), rule.domain, gen, "straddle" if mode == "straddle" else mode)
+    z = torch.cat([box.sample(1000, generator=gen)[:, 0], box.lower, box.upper])
+    fz = rule.forward(params, z)
+    for rnd in (FAST, SOUND):
+        alphas = [None] + ([torch.rand((1, 3, 200), generator=gen, dtype=torch.float64)] if rule.alpha else [])
+        for alpha in alphas:
+            rel = rule.relax(params, box.lower, box.upper, rnd, alpha)
+            if alpha is not None:  # per-row slopes: check each row
+                for r in range(alpha.shape[1]):
+                    low = rel.lw[:, r] * z + rel.lb
+                    assert bool((low <= fz + TOL * (1 + fz.abs())).all()), f"{op}: lower line above f"
+            else:
+                low = rel.lw * z + rel.lb
+                assert bool((low <= fz + TOL * (1 + fz.abs())).all()), f"{op}: lower line above f"
+            up = rel.uw * z + rel.ub
+            assert bool((up >= fz - TOL * (1 + fz.abs())).all()), f"{op}: upper line below f"
+
+
+def test_sound_sigmoid_tanh_relaxations_against_high_precision():
+    """Under sound rounding the relaxation lines hold for the exact function (200-bit mpmath)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.prec = 200
+    exact = {"sigmoid": lambda v: 1 / (1 + mpmath.e ** (-v)), "tanh": mpmath.tanh}
+    gen = torch.Generator().manual_seed(5)
+    for op, f in exact.items():
+        l = torch.randn((1, 60), generator=gen, dtype=torch.float64) * 5
+        w = torch.rand((1, 60), generator=gen, dtype=torch.float64) ** 4 * 10
+        rel = RULES[op].relax({}, l, l + w, SOUND, None)
+        for i in range(60):
+            lw, lb, uw, ub = (mpmath.mpf(float(t[0, i])) for t in (rel.lw, rel.lb, rel.uw, rel.ub))
+            a, b = float(l[0, i]), float(l[0, i] + w[0, i])
+            for k in range(41):
+                zz = mpmath.mpf(a) + (mpmath.mpf(b) - mpmath.mpf(a)) * k / 40
+                fz = f(zz)
+                assert lw * zz + lb <= fz <= uw * zz + ub, (op, a, b, k)

@@ -1,0 +1,114 @@
+"""The engine's CROWN against two independent references written separately in tests/oracles:
+a plain float64 NumPy CROWN (agreement to 1e-6 relative) and an exact MILP (HiGHS) for small ReLU
+networks (the certified lower bound never exceeds the exact minimum; alpha-CROWN in between)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from certify.engine.alpha import alpha_crown_lower
+from certify.engine.crown import crown_lower, sound_crown_lower
+from certify.engine.fp import FAST
+from certify.graph import Graph, Node
+from certify.sets import Box, LpBall
+from oracles import numpy_crown
+from oracles.milp import exact_min
+
+
+def _random_layers(rng: np.random.Generator, cnn: bool):
+    layers = []
+    if cnn:
+        input_shape = (1, 6, 6)
+        layers += [("conv", rng.standard_normal((2, 1, 3, 3)), rng.standard_normal(2) * 0.1, 1, 1), ("relu",),
+                   ("conv", rng.standard_normal((2, 2, 3, 3)) * 0.5, rng.standard_normal(2) * 0.1, 2, 1), ("relu",),
+                   ("flatten",)]
+        n = 2 * 3 * 3
+    else:
+        n = int(rng.integers(3, 9))
+        input_shape = (n,)
+    for width in rng.integers(4, 12, size=2):
+        layers += [("dense", rng.standard_normal((width, n)) / math.sqrt(n), rng.standard_normal(width) * 0.3), ("relu",)]
+        n = int(width)
+    layers.append(("dense", rng.standard_normal((3, n)), rng.standard_normal(3) * 0.1))
+    return layers, input_shape
+
+
+def _to_graph(layers, input_shape) -> Graph:
+    nodes, prev, shape = [], "x", tuple(input_shape)
+    for i, layer in enumerate(layers):
+        out = f"t{i}"
+        kind = layer[0]
+        if kind == "dense":
+            W, b = (torch.tensor(a, dtype=torch.float64) for a in layer[1:3])
+            if len(shape) != 1:
+                nodes.append(Node(f"flat{i}", "reshape", (prev,), f"f{i}", {"shape": (math.prod(shape),)}, (math.prod(shape),)))
+                prev = f"f{i}"
+            shape = (W.shape[0],)
+            nodes.append(Node(f"dense{i}", "linear", (prev,), out, {"weight": W, "bias": b}, shape))
+        elif kind == "conv":
+            W, b = (torch.tensor(a, dtype=torch.float64) for a in layer[1:3])
+            stride, pad = layer[3], layer[4]
+            params = {"weight": W, "bias": b, "stride": (stride, stride), "padding": (pad, pad), "dilation": (1, 1), "groups": 1}
+            probe = torch.nn.functional.conv2d(torch.zeros(1, *shape, dtype=torch.float64), W, b, stride, pad)
+            shape = tuple(probe.shape[1:])
+            nodes.append(Node(f"conv{i}", "conv2d", (prev,), out, params, shape))
+        elif kind == "relu":
+            nodes.append(Node(f"relu{i}", "relu", (prev,), out, {}, shape))
+        else:  # flatten
+            shape = (math.prod(shape),)
+            nodes.append(Node(f"flatten{i}", "reshape", (prev,), out, {"shape": shape}, shape))
+        prev = out
+    return Graph("x", tuple(input_shape), tuple(nodes), prev, shape)
+
+
+CASES = [(seed, cnn, p) for seed in range(8) for cnn in (False, True) for p in ("box", math.inf, 2.0, 1.0)]
+
+
+@pytest.mark.parametrize("seed,cnn,p", CASES)
+def test_engine_crown_matches_independent_numpy_crown(seed, cnn, p):
+    rng = np.random.default_rng(seed)
+    layers, input_shape = _random_layers(rng, cnn)
+    graph = _to_graph(layers, input_shape)
+    n_in = math.prod(input_shape)
+    center = rng.uniform(0, 1, n_in)
+    eps = 0.15 if cnn else 0.4
+    if p == "box":
+        lo, hi = center - eps * rng.uniform(0.2, 1, n_in), center + eps * rng.uniform(0.2, 1, n_in)
+        ref_set, ours = numpy_crown.Box(lo, hi), Box(torch.tensor(lo)[None].reshape(1, *input_shape),
+                                                     torch.tensor(hi)[None].reshape(1, *input_shape))
+    else:
+        ref_set = numpy_crown.LpBall(center, eps, p)
+        ours = LpBall(torch.tensor(center).reshape(1, *input_shape), torch.tensor([eps], dtype=torch.float64), p)
+    C = rng.standard_normal((5, 3))
+    ref_lower, ref_upper = numpy_crown.crown_bounds(layers, input_shape, ref_set, C)
+    Ct = torch.tensor(np.concatenate([C, -C]))[None]
+    d = torch.zeros(1, 10, dtype=torch.float64)
+    got = crown_lower(graph, ours, Ct, d, FAST)[0].numpy()
+    np.testing.assert_allclose(got[:5], ref_lower, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(-got[5:], ref_upper, rtol=1e-6, atol=1e-9)
+    sound = sound_crown_lower(graph, ours, Ct, d)[0].numpy()
+    assert np.all(sound <= got) and np.allclose(sound, got, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_certified_lower_bound_never_exceeds_the_exact_minimum(seed):
+    rng = np.random.default_rng(100 + seed)
+    layers, input_shape = _random_layers(rng, cnn=seed % 3 == 0)
+    graph = _to_graph(layers, input_shape)
+    n_in = math.prod(input_shape)
+    center = rng.uniform(0, 1, n_in)
+    eps = 0.1 if seed % 3 == 0 else 0.3
+    lo, hi = center - eps, center + eps
+    box = Box(torch.tensor(lo).reshape(1, *input_shape), torch.tensor(hi).reshape(1, *input_shape))
+    c = rng.standard_normal(3)
+    exact = exact_min(layers, input_shape, lo, hi, c)
+    C = torch.tensor(c)[None, None]
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    crown = float(sound_crown_lower(graph, box, C, d))
+    alpha = float(alpha_crown_lower(graph, box, C, d))
+    tol = 1e-6 * (1 + abs(exact))
+    assert crown <= exact + tol, (crown, exact)
+    assert crown <= alpha <= exact + tol, (crown, alpha, exact)
