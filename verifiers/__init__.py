@@ -5,4 +5,5 @@ BUILTIN = {
     "ibp": "verifiers.ibp:IBP",
     "crown": "verifiers.crown:CROWN",
     "alpha-crown": "verifiers.alpha_crown:AlphaCROWN",
+    "lirpa": "verifiers.lirpa:Lirpa",
 }

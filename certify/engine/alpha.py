@@ -1,13 +1,16 @@
 """alpha-CROWN (Xu et al. 2021, "Fast and Complete"): optimise the lower slopes of ReLU-like
-relaxations, separately for every specification row, by projected gradient ascent (Adam) on the CROWN
-bound, warm-started from CROWN's adaptive slopes.
+relaxations by projected gradient ascent (Adam) on the CROWN bound, warm-started from CROWN's adaptive
+slopes. Slopes are separate for every row of the final specification and, for every intermediate
+tensor whose bounds CROWN computes, for every one of its rows (``+e_i``, ``-e_i``); the final bound is
+differentiated through the intermediate bounds, so all slopes are optimised jointly.
 
-Any slope in ``[neg_slope, 1]`` gives a valid lower line, so every iterate is a valid bound; the
-optimisation runs in fast mode (float32, differentiable), keeps the best slopes seen per row, and the
-reported bound is recomputed in float64 with sound rounding for both those slopes and CROWN's own,
-keeping the larger: never looser than CROWN.
+Any slope in ``[neg_slope, 1]`` gives a valid lower line, so every iterate is a valid bound. The
+optimisation runs in fast mode (float32, differentiable); the slopes of the best iterate are then
+re-certified in float64 with sound rounding (``sound_crown_lower``), which also keeps CROWN's own bound
+where it is better: never looser than CROWN.
 
-This is the messy outer loop of the engine (knobs: iterations, learning rate); it lives here alone.
+This is the messy outer loop of the engine (knobs: iterations, learning rate, a memory cap on the
+intermediate slopes); it lives here alone, with ``alpha_crown_lower`` as its stable entry point.
 """
 from __future__ import annotations
 
@@ -18,75 +21,91 @@ from torch import Tensor
 
 from ..graph import Graph
 from ..sets import InputSet
-from .crown import compute_boxes, crown_lower, sound_crown_lower
+from .crown import _needs_bounds, compute_boxes, crown_lower, sound_crown_lower
 from .fp import FAST
 from .rules import RULES
 
 
 @dataclass(frozen=True)
 class AlphaOptions:
-    """``iterations`` of Adam with learning rate ``lr`` on the slopes; ``dtype`` of the optimisation."""
+    """``iterations`` of Adam with learning rate ``lr``; ``intermediate``: also optimise the slopes used
+    for intermediate bounds, unless they would exceed ``max_intermediate_elements`` values."""
 
     iterations: int = 20
     lr: float = 0.1
     dtype: str = "float32"
+    intermediate: bool = True
+    max_intermediate_elements: int = 20_000_000
 
 
-def _initial_alphas(graph: Graph, boxes, R: int) -> dict[str, Tensor]:
-    alphas = {}
-    for node in graph.nodes:
-        if RULES[node.op].alpha:
-            z = boxes[node.inputs[0]]
-            neg = float(node.params.get("alpha", 0.0)) if node.op == "leaky_relu" else 0.0
-            a = torch.where(z.upper >= -z.lower, 1.0, neg).to(z.lower.dtype)
-            alphas[node.name] = a.unsqueeze(1).expand(-1, R, *a.shape[1:]).clone().requires_grad_(True)
-    return alphas
+def _floor(node) -> float:
+    return float(node.params.get("alpha", 0.0)) if node.op == "leaky_relu" else 0.0
 
 
-def _slope_floor(graph: Graph) -> dict[str, float]:
-    return {n.name: float(n.params.get("alpha", 0.0)) if n.op == "leaky_relu" else 0.0
-            for n in graph.nodes if RULES[n.op].alpha}
+def _adaptive(node, boxes, rows: int) -> Tensor:
+    z = boxes[node.inputs[0]]
+    a = torch.where(z.upper >= -z.lower, 1.0, _floor(node)).to(z.lower.dtype)
+    return a.unsqueeze(1).expand(-1, rows, *a.shape[1:]).clone().requires_grad_(True)
+
+
+def _initial(graph: Graph, boxes, R: int, options: AlphaOptions):
+    relus = [(i, n) for i, n in enumerate(graph.nodes) if RULES[n.op].alpha]
+    final = {n.name: _adaptive(n, boxes, R) for _, n in relus}
+    inter: dict[str, dict[str, Tensor]] = {}
+    if options.intermediate:
+        producer = {n.output: i for i, n in enumerate(graph.nodes)}
+        total = 0
+        for t in _needs_bounds(graph):
+            rows = 2 * boxes[t].lower[0].numel()
+            chosen = {n.name: n for i, n in relus if i < producer[t]}
+            total += sum(rows * boxes[n.inputs[0]].lower.numel() for n in chosen.values())
+            if chosen:
+                inter[t] = {name: _adaptive(n, boxes, rows) for name, n in chosen.items()}
+        if total > options.max_intermediate_elements:
+            inter = {}
+    return final, inter
 
 
 def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
-                    options: AlphaOptions = AlphaOptions(), device=None) -> tuple[dict[str, Tensor], Tensor]:
-    """Best slopes per row found by gradient ascent, and the (fast, unrounded) bound they give."""
+                    options: AlphaOptions = AlphaOptions(), device=None):
+    """Slopes of the best iterate (final, intermediate) and its fast, unrounded bound."""
     dtype = getattr(torch, options.dtype)
     g = graph.to(device=device, dtype=dtype)
     s = input_set.reshape(graph.input_shape).to(device=g.device, dtype=dtype)
     C, d = C.to(g.device, dtype), d.to(g.device, dtype)
     with torch.no_grad():
         boxes = compute_boxes(g, s, FAST)
-    alphas = _initial_alphas(g, boxes, C.shape[1])
-    floors = _slope_floor(g)
-    if not alphas:
+    final, inter = _initial(g, boxes, C.shape[1], options)
+    if not final:
         with torch.no_grad():
-            return {}, crown_lower(g, s, C, d, FAST, boxes=boxes)
-    opt = torch.optim.Adam(list(alphas.values()), lr=options.lr)
-    best_value, best = None, {}
+            return {}, {}, crown_lower(g, s, C, d, FAST, boxes=boxes)
+    floors = {n.name: _floor(n) for n in g.nodes if RULES[n.op].alpha}
+    params = list(final.values()) + [a for per in inter.values() for a in per.values()]
+    opt = torch.optim.Adam(params, lr=options.lr)
+    best_sum, best = -torch.inf, None
     for _ in range(options.iterations + 1):
-        value = crown_lower(g, s, C, d, FAST, boxes=boxes, alphas=alphas)
-        with torch.no_grad():
-            if best_value is None:
-                best_value = value.detach().clone()
-                best = {k: v.detach().clone() for k, v in alphas.items()}
-            else:
-                better = value > best_value
-                best_value = torch.where(better, value, best_value)
-                for k, v in alphas.items():
-                    mask = better.reshape(*better.shape, *([1] * (v.dim() - 2)))
-                    best[k] = torch.where(mask, v.detach(), best[k])
+        boxes_it = compute_boxes(g, s, FAST, alphas=inter) if inter else boxes
+        value = crown_lower(g, s, C, d, FAST, boxes=boxes_it, alphas=final)
+        total = float(value.detach().sum())
+        if total > best_sum:
+            best_sum = total
+            best = ({k: v.detach().clone() for k, v in final.items()},
+                    {t: {k: v.detach().clone() for k, v in per.items()} for t, per in inter.items()},
+                    value.detach().clone())
         opt.zero_grad()
         (-value.sum()).backward()
         opt.step()
         with torch.no_grad():
-            for k, v in alphas.items():
+            for k, v in final.items():
                 v.clamp_(floors[k], 1.0)
-    return best, best_value
+            for per in inter.values():
+                for k, v in per.items():
+                    v.clamp_(floors[k], 1.0)
+    return best
 
 
 def alpha_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
                       options: AlphaOptions = AlphaOptions(), device=None) -> Tensor:
     """Certified lower bounds of ``C_r f(x) - d_r`` (float64, sound rounding), at least CROWN's."""
-    best, _ = optimise_alphas(graph, input_set, C, d, options, device)
-    return sound_crown_lower(graph, input_set, C, d, device, alpha_sets=[None, best] if best else [None])
+    final, inter, _ = optimise_alphas(graph, input_set, C, d, options, device)
+    return sound_crown_lower(graph, input_set, C, d, device, alphas=final or None, intermediate_alphas=inter or None)

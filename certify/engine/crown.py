@@ -165,21 +165,26 @@ def _needs_bounds(graph: Graph) -> set[str]:
             if RULES[node.op].relax is not None or RULES[node.op].backward is not None}
 
 
-def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True) -> dict[str, Box]:
+def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True,
+                  alphas: Mapping[str, Mapping[str, Tensor]] | None = None) -> dict[str, Box]:
     """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``).
 
     Every neuron there is refined, stable ones included: their tighter bounds tighten the IBP of the
-    layers after them (which is intersected with CROWN in turn)."""
+    layers after them (which is intersected with CROWN in turn). ``alphas[t]`` optionally gives lower
+    slopes (rows ``+e_i`` then ``-e_i``) for the pass that bounds tensor ``t``; the bound with CROWN's
+    own slopes is then computed too and the tighter one kept."""
     boxes: dict[str, Box] = {graph.input: rnd.input_box(input_set.bounds())}
     needs = _needs_bounds(graph) if refine else set()
     for node in graph.nodes:
         boxes[node.output] = RULES[node.op].ibp(node.params, [boxes[n] for n in node.inputs], rnd)
         if node.output in needs:
-            boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd)
+            own = alphas.get(node.output) if alphas else None
+            boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd, own)
     return boxes
 
 
-def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, rnd: Rounding) -> Box:
+def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, rnd: Rounding,
+            alphas: Mapping[str, Tensor] | None = None) -> Box:
     """Intersect a tensor's box with CROWN bounds of each of its values (rows ``+e_i`` and ``-e_i``)."""
     box = boxes[name]
     B = box.lower.shape[0]
@@ -192,17 +197,22 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
         eye[torch.arange(R, device=lo.device), rows] = 1.0
         A = torch.cat([eye, -eye]).unsqueeze(0).expand(B, -1, -1).reshape(B, 2 * R, *box.shape)
         lb = backward_lower(graph, boxes, input_set, name, A, rnd)
+        if alphas is not None:
+            pick = torch.cat([rows, rows + n])
+            chunk = {k: v.index_select(1, pick) for k, v in alphas.items()}
+            lb = torch.maximum(lb, backward_lower(graph, boxes, input_set, name, A, rnd, chunk))
         lo[:, rows] = torch.maximum(lo[:, rows], lb[:, :R])
         hi[:, rows] = torch.minimum(hi[:, rows], -lb[:, R:])
     return Box(lo.reshape(box.lower.shape), hi.reshape(box.upper.shape))
 
 
 def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Rounding = FAST,
-                boxes: Mapping[str, Box] | None = None, alphas: Mapping[str, Tensor] | None = None) -> Tensor:
+                boxes: Mapping[str, Box] | None = None, alphas: Mapping[str, Tensor] | None = None,
+                intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
     """Lower bounds of ``C_r f(x) - d_r`` over the input set, ``[B, R]`` (``C`` is ``[B, R, n_out]``)."""
     input_set = input_set.reshape(graph.input_shape)
     if boxes is None:
-        boxes = compute_boxes(graph, input_set, rnd)
+        boxes = compute_boxes(graph, input_set, rnd, alphas=intermediate_alphas)
     A = C.to(graph.dtype).reshape(C.shape[0], C.shape[1], *graph.output_shape)
     value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas) - d.to(A.dtype)
     if rnd.sound:  # one subtraction, and d's own decimal-to-binary rounding
@@ -210,20 +220,30 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
     return value
 
 
+def _as64(alphas, dev):
+    return {k: v.detach().to(device=dev, dtype=torch.float64) for k, v in alphas.items()}
+
+
 def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
                       device: str | torch.device | None = None,
-                      alpha_sets: list[Mapping[str, Tensor] | None] = (None,)) -> Tensor:
-    """``crown_lower`` in float64 with sound rounding (below the exact real-arithmetic minimum), for
-    each set of lower slopes in ``alpha_sets`` (``None``: CROWN's own), keeping the best per row."""
+                      alphas: Mapping[str, Tensor] | None = None,
+                      intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+    """``crown_lower`` in float64 with sound rounding: below the exact real-arithmetic minimum.
+
+    Without slopes this is CROWN. With optimised ``alphas`` (final rows) and ``intermediate_alphas``
+    (per bounded tensor) it returns the larger of CROWN's bound and the bound with those slopes over
+    intermediate boxes that take the tighter of both, row by row: never looser than CROWN."""
     g = graph.to(device=device, dtype=torch.float64)
     dev = g.device
     s = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
     C, d = C.to(dev, torch.float64), d.to(dev, torch.float64)
-    best = None
     with sound_context():
-        boxes = compute_boxes(g, s, SOUND)
-        for alphas in alpha_sets:
-            a64 = {k: v.detach().to(device=dev, dtype=torch.float64) for k, v in alphas.items()} if alphas else None
-            value = crown_lower(g, s, C, d, SOUND, boxes=boxes, alphas=a64)
-            best = value if best is None else torch.maximum(best, value)
+        best = crown_lower(g, s, C, d, SOUND)
+        if alphas is None and intermediate_alphas is None:
+            return best
+        inter = {t: _as64(a, dev) for t, a in intermediate_alphas.items()} if intermediate_alphas else None
+        boxes = compute_boxes(g, s, SOUND, alphas=inter)
+        best = torch.maximum(best, crown_lower(g, s, C, d, SOUND, boxes=boxes))
+        if alphas:
+            best = torch.maximum(best, crown_lower(g, s, C, d, SOUND, boxes=boxes, alphas=_as64(alphas, dev)))
     return best

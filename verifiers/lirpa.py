@@ -1,0 +1,83 @@
+"""Optional reference backend: auto_LiRPA's CROWN / alpha-CROWN on the same graph (Xu et al. 2020).
+
+Installed separately (its PyPI release needs torch < 1.13; install a current one from its repository).
+auto_LiRPA computes its bounds in plain floating point, without the rounding-error accounting that
+lets our engine claim *proved*; so this backend reports its bounds but answers UNKNOWN with the reason
+``reference only`` rather than PROVED. Use it to compare bounds and time, not to certify.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from certify.bounding import clause_bounds
+from certify.budget import Budget
+from certify.graph import Graph
+from certify.models import Model
+from certify.results import Guarantee, Result, Verdict
+from certify.sets import LpBall
+from certify.spec import Property, Spec
+
+
+@dataclass(frozen=True)
+class LirpaOptions:
+    """``method``: auto_LiRPA's "CROWN" or "alpha-CROWN"; ``device``: where it runs."""
+
+    method: str = "CROWN"
+    device: str = "cpu"
+
+
+class GraphModule(torch.nn.Module):
+    """The engine's graph as a plain ``nn.Module`` (float32), for tools that trace modules."""
+
+    def __init__(self, graph: Graph):
+        super().__init__()
+        self.graph = graph.to(dtype=torch.float32)
+
+    def forward(self, x):
+        return self.graph.forward(x)
+
+
+def lirpa_lower(model: Model, spec: Spec, options: LirpaOptions = LirpaOptions()) -> torch.Tensor:
+    """auto_LiRPA's lower bounds of ``C_r f(x) - d_r``, ``[B, R]`` (not floating-point certified)."""
+    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+
+    spec = spec.reshape_input(model.input_shape).to(device=options.device, dtype=torch.float32)
+    box = spec.input.bounds()
+    module = GraphModule(model.graph.to(device=options.device))
+    x = box.center
+    bounded = BoundedModule(module, torch.zeros_like(x), device=options.device)
+    if isinstance(spec.input, LpBall) and spec.input.p != math.inf and spec.input.clip is None:
+        ptb = PerturbationLpNorm(norm=spec.input.p, eps=float(spec.input.eps[0]))
+        x = spec.input.center
+    else:
+        ptb = PerturbationLpNorm(norm=math.inf, x_L=box.lower, x_U=box.upper)
+    C, d, _ = spec.matrix()
+    lb, _ = bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=C.float(), method=options.method, bound_upper=False)
+    return lb.double().cpu() - d.cpu()
+
+
+class Lirpa:
+    name: ClassVar[str] = "lirpa"
+    description: ClassVar[str] = "auto_LiRPA CROWN/alpha-CROWN as a reference (bounds only, never proves)"
+    guarantee: ClassVar[Guarantee] = Guarantee.SOUND
+    complete: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ("auto_LiRPA",)
+    Options: ClassVar[type] = LirpaOptions
+
+    def supports(self, model: Model, prop: Property) -> str | None:
+        return None
+
+    def verify(self, model: Model, prop: Property, *, options: Any = None, budget: Budget) -> Result:
+        options = options or LirpaOptions()
+        t0 = time.perf_counter()
+        bounds = tuple(tuple(float(v) for v in clause_bounds(lirpa_lower(model, s, options), s)[0]) for s in prop.specs)
+        positive = all(v > 0 for spec in bounds for v in spec)
+        reason = ("reference only: auto_LiRPA's bounds are positive but not floating-point certified" if positive
+                  else "reference only: auto_LiRPA's bounds are too loose")
+        return Result(Verdict.UNKNOWN, self.name, time.perf_counter() - t0, bounds=bounds, reason=reason,
+                      property=prop.name, options=asdict(options))
