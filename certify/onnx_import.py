@@ -139,8 +139,8 @@ class _Importer:
             return False
         shift = params["shift"]
         n_out = prev.shape[-1]
-        if shift.numel() not in (1, n_out) or (shift.dim() > 0 and shift.shape[-1] not in (1, n_out)) or shift.numel() != shift.shape[-1:].numel():
-            return False
+        if shift.dim() > 0 and (shift.shape[-1] not in (1, n_out) or shift[..., 0].numel() != 1):
+            return False  # not a per-output bias (it varies along other axes)
         bias = prev.params.get("bias")
         new_bias = shift.reshape(-1).expand(n_out) + (bias if bias is not None else 0.0)
         fused = dict(prev.params, bias=new_bias.clone())

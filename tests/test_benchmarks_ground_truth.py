@@ -3,6 +3,8 @@ IBP bounds contain sampled outputs, nothing marked sat is ever proved, and every
 carries a counterexample that onnxruntime confirms."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -10,11 +12,11 @@ import torch
 
 from certify import api
 from certify.engine import sound_interval_bounds
+from certify.engine.alpha import AlphaOptions, alpha_crown_lower
+from certify.engine.crown import sound_crown_lower
 from certify.models import load_model
 from certify.results import Verdict
 from certify.vnnlib import read_vnnlib
-from certify.bounding import BoundOptions
-from verifiers.ibp import IBP
 
 from conftest import expected_rows, shared_dir
 
@@ -38,6 +40,13 @@ def test_ibp_bounds_contain_sampled_outputs_of_benchmark_models(bench, onnx_name
         y = model.graph.forward(x)
         out = sound_interval_bounds(model.graph, box)
         assert bool((y >= out.lower).all()) and bool((y <= out.upper).all())
+        # CROWN and alpha-CROWN on every output, both directions
+        eye = torch.eye(model.n_outputs, dtype=torch.float64)
+        C, d = torch.cat([eye, -eye])[None], torch.zeros(1, 2 * model.n_outputs, dtype=torch.float64)
+        vals = torch.cat([y, -y], dim=1)
+        crown = sound_crown_lower(model.graph, box, C, d)
+        alpha = alpha_crown_lower(model.graph, box, C, d, AlphaOptions(iterations=5))
+        assert bool((vals >= crown).all()) and bool((alpha >= crown).all()) and bool((vals >= alpha).all())
         # and with respect to the file's own runtime (float32), within its rounding
         y32 = torch.as_tensor(model.reference(x[:300].numpy()))
         tol = 1e-5 * (1 + y32.abs())
@@ -45,16 +54,19 @@ def test_ibp_bounds_contain_sampled_outputs_of_benchmark_models(bench, onnx_name
 
 
 @pytest.mark.parametrize("bench", ["acasxu", "mnist_fc"])
-def test_ibp_never_proves_a_sat_instance(bench):
-    root = shared_dir(bench)
-    ibp = IBP()
-    sat = [r for r in expected_rows(bench) if r["expected"] == "sat"]
-    assert len(sat) == {"acasxu": 47, "mnist_fc": 18}[bench]
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
+def test_bounds_never_prove_a_sat_instance(bench, method):
+    from certify import registry
     from certify.budget import Budget
 
+    root = shared_dir(bench)
+    verifier = registry.get(method)
+    options = dataclasses.replace(verifier.Options(), attack=False)
+    sat = [r for r in expected_rows(bench) if r["expected"] == "sat"]
+    assert len(sat) == {"acasxu": 47, "mnist_fc": 18}[bench]
     for row in sat:
-        result = ibp.verify(load_model(root / row["onnx"]), read_vnnlib(root / row["vnnlib"]),
-                            options=BoundOptions(attack=False), budget=Budget())
+        result = verifier.verify(load_model(root / row["onnx"]), read_vnnlib(root / row["vnnlib"]),
+                                 options=options, budget=Budget())
         assert result.verdict is not Verdict.PROVED, row
 
 

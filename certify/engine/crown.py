@@ -36,12 +36,16 @@ from ..sets import Box, InputSet, LpBall
 from .fp import FAST, SOUND, Rounding, sound_context, unit_roundoff
 from .rules import RULES
 
-ROW_CHUNK = 1024  # intermediate-bound rows per backward pass (memory cap)
+# Intermediate-bound rows per backward pass: sized so a coefficient tensor [B, 2 rows, n] stays near 256k
+# values; the passes are memory-bound, and cache-sized chunks run faster than one big one.
+CHUNK_VALUES = 1 << 18
 
 
 def _flat_dot(A: Tensor, t: Tensor) -> Tensor:
-    """``<A, t>`` over the trailing dimensions: ``A`` is ``[B, R, *s]``, ``t`` broadcasts to ``[B, 1, *s]``."""
-    return (A * t).flatten(2).sum(-1)
+    """``<A, t>`` over the trailing dimensions: ``A`` is ``[B, R, *s]``, ``t`` is ``[B or 1, 1, *s]`` (or
+    broadcasts to it); one batched matrix-vector product, without materialising ``A * t``."""
+    t = t.expand(t.shape[0], 1, *A.shape[2:]) if t.dim() == A.dim() else t.expand(*A.shape[:1], 1, *A.shape[2:])
+    return torch.matmul(A.flatten(2), t.reshape(t.shape[0], -1, 1)).squeeze(-1)
 
 
 def concretize_lower(input_set: InputSet, A: Tensor, rnd: Rounding) -> Tensor:
@@ -108,12 +112,14 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
             z = in_boxes[0]
             alpha = alphas.get(node.name) if alphas is not None else None
             rel = rule.relax(node.params, z.lower, z.upper, rnd, alpha)
-            pos, neg = Aout.clamp(min=0), Aout.clamp(max=0)
             lw = rel.lw if rel.lw.dim() == Aout.dim() else rel.lw.unsqueeze(1)
             uw = rel.uw.unsqueeze(1)
             lb, ub = rel.lb.unsqueeze(1), rel.ub.unsqueeze(1)
-            A_ins = (pos * lw + neg * uw,)
-            term = _flat_dot(pos, lb) + _flat_dot(neg, ub)
+            pos = Aout.clamp(min=0)
+            neg = Aout - pos
+            # A+ lw + A- uw = A uw + A+ (lw - uw): one product over A fewer
+            A_ins = (torch.addcmul(Aout * uw, pos, lw - uw),)
+            term = _flat_dot(neg, ub) + (_flat_dot(pos, lb) if bool(lb.any()) else 0.0)
             if rnd.sound:
                 M = lb[0, 0].numel()
                 err = err + rnd.error_bound(_flat_dot(A_ins[0].abs(), _magnitude(z).unsqueeze(1)), 2)
@@ -136,9 +142,9 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
                     err = err + rnd.error_bound(_flat_dot(Aout.abs(), m + f0.abs()), N,
                                                 extra_rel=node.params.get("rel_err", 0.0))
                     abs_err = node.params.get("abs_err")
-                    if abs_err is not None:
-                        err = err + _flat_dot(Aout.abs(), torch.as_tensor(abs_err, dtype=A.dtype).unsqueeze(0).unsqueeze(0)
-                                              if torch.as_tensor(abs_err).dim() == 0 else abs_err.unsqueeze(0).unsqueeze(0))
+                    if abs_err is not None:  # a tensor broadcasting to the output, or a number
+                        abs_err = torch.as_tensor(abs_err, dtype=A.dtype, device=A.device)
+                        err = err + _flat_dot(Aout.abs(), abs_err.expand(1, *Aout.shape[2:]).unsqueeze(1))
         if term is not None:
             bias = bias + term
             bias_terms += 1
@@ -190,8 +196,9 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
     B = box.lower.shape[0]
     lo, hi = box.lower.reshape(B, -1).clone(), box.upper.reshape(B, -1).clone()
     n = lo.shape[1]
-    for start in range(0, n, ROW_CHUNK):
-        rows = torch.arange(start, min(n, start + ROW_CHUNK), device=lo.device)
+    chunk = max(8, CHUNK_VALUES // (2 * B * n))
+    for start in range(0, n, chunk):
+        rows = torch.arange(start, min(n, start + chunk), device=lo.device)
         R = rows.numel()
         eye = torch.zeros(R, n, dtype=lo.dtype, device=lo.device)
         eye[torch.arange(R, device=lo.device), rows] = 1.0

@@ -106,11 +106,13 @@ def affine_map_ibp(
 
     def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
         (box,) = boxes
+        if not rnd.sound:  # fewest elementwise ops: c' = L lerp(l, u, 1/2) + b, w' = |L| (u - l), c' -+ w'/2
+            c2 = forward(params, torch.lerp(box.lower, box.upper, 0.5))
+            w2 = abs_forward(params, box.upper - box.lower)
+            return Box(torch.add(c2, w2, alpha=-0.5), torch.add(c2, w2, alpha=0.5))
         c, r = rnd.center_radius(box)
         c2 = forward(params, c)
         r2 = abs_forward(params, r)
-        if not rnd.sound:
-            return rnd.from_center_radius(c2, r2)
         mag = abs_forward(params, c.abs() + r)
         b = bias_abs(params)
         if b is not None:
