@@ -206,8 +206,8 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
         lb = backward_lower(graph, boxes, input_set, name, A, rnd)
         if alphas is not None:
             pick = torch.cat([rows, rows + n])
-            chunk = {k: v.index_select(1, pick) for k, v in alphas.items()}
-            lb = torch.maximum(lb, backward_lower(graph, boxes, input_set, name, A, rnd, chunk))
+            slopes = {k: v.index_select(1, pick) for k, v in alphas.items()}
+            lb = torch.maximum(lb, backward_lower(graph, boxes, input_set, name, A, rnd, slopes))
         lo[:, rows] = torch.maximum(lo[:, rows], lb[:, :R])
         hi[:, rows] = torch.minimum(hi[:, rows], -lb[:, R:])
     return Box(lo.reshape(box.lower.shape), hi.reshape(box.upper.shape))

@@ -128,3 +128,21 @@ def test_batched_instances_equal_separate_runs():
     for b in range(3):
         alone = sound_crown_lower(graph, balls[b], C[b:b + 1], d[b:b + 1])
         torch.testing.assert_close(together[b:b + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_row_chunking_does_not_change_bounds(monkeypatch):
+    """Intermediate rows processed in many small chunks (with optimised slopes) give the same bounds."""
+    import certify.engine.crown as crown_module
+    from certify.engine.alpha import AlphaOptions, optimise_alphas
+
+    rng = np.random.default_rng(9)
+    layers, input_shape = _random_layers(rng, cnn=True)
+    graph = _to_graph(layers, input_shape)
+    ball = LpBall(torch.rand(2, *input_shape, dtype=torch.float64), torch.tensor([0.1, 0.05], dtype=torch.float64), math.inf)
+    C = torch.randn(2, 3, 3, dtype=torch.float64)
+    d = torch.zeros(2, 3, dtype=torch.float64)
+    final, inter, _ = optimise_alphas(graph, ball, C, d, AlphaOptions(iterations=3, dtype="float64"))
+    whole = sound_crown_lower(graph, ball, C, d, alphas=final, intermediate_alphas=inter)
+    monkeypatch.setattr(crown_module, "CHUNK_VALUES", 16)
+    chunked = sound_crown_lower(graph, ball, C, d, alphas=final, intermediate_alphas=inter)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
