@@ -35,7 +35,7 @@ class AlphaOptions:
     lr: float = 0.1
     dtype: str = "float32"
     intermediate: bool = True
-    max_intermediate_elements: int = 20_000_000
+    max_intermediate_elements: int = 5_000_000
 
 
 def _floor(node) -> float:
