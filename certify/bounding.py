@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -66,3 +66,22 @@ def verify_with_bounds(name: str, row_bounds: RowBounds, model: Model, prop: Pro
         return Result(Verdict.PROVED, name, dt, guarantee=Guarantee.SOUND, **common)
     reason = TIMEOUT if budget.expired() else f"{INCONCLUSIVE}: {name} bounds too loose"
     return Result(Verdict.UNKNOWN, name, dt, reason=reason, **common)
+
+
+class BoundVerifier:
+    """A sound, incomplete backend defined by its ``row_bounds``: subclasses set ``name``,
+    ``description``, ``Options`` and ``row_bounds`` (a static function ``(model, spec, options) -> [B, R]``)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    guarantee: ClassVar[Guarantee] = Guarantee.SOUND
+    complete: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
+    Options: ClassVar[type] = BoundOptions
+    row_bounds: ClassVar[RowBounds]
+
+    def supports(self, model: Model, prop: Property) -> str | None:
+        return None
+
+    def verify(self, model: Model, prop: Property, *, options: Any = None, budget: Budget) -> Result:
+        return verify_with_bounds(self.name, type(self).row_bounds, model, prop, options or self.Options(), budget)

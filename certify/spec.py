@@ -172,13 +172,17 @@ def robustness(
         raise SpecError(f"labels must lie in [0, {n_classes - 1}], got {label.tolist()}")
     B = x.shape[0]
     others = torch.stack([torch.cat([torch.arange(label[b]), torch.arange(label[b] + 1, n_classes)]) for b in range(B)])
-    clauses = []
-    for k in range(n_classes - 1):
-        C = torch.zeros(B, 1, n_classes, dtype=torch.float64)
-        C[torch.arange(B), 0, label] = 1.0
-        C[torch.arange(B), 0, others[:, k]] = -1.0
-        clauses.append(Clause(C, torch.zeros(B, 1, dtype=torch.float64)))
-    return Spec(_ball(x, eps, p, clip), tuple(clauses), name)
+    clauses = tuple(_reaches(label, others[:, k], n_classes) for k in range(n_classes - 1))
+    return Spec(_ball(x, eps, p, clip), clauses, name)
+
+
+def _reaches(label: Tensor, other: Tensor, n_classes: int) -> Clause:
+    """The single-row clause "class ``other`` scores at least as high as ``label``": ``y_label - y_other <= 0``."""
+    B = label.shape[0]
+    C = torch.zeros(B, 1, n_classes, dtype=torch.float64)
+    C[torch.arange(B), 0, label] = 1.0
+    C[torch.arange(B), 0, other] = -1.0
+    return Clause(C, torch.zeros(B, 1, dtype=torch.float64))
 
 
 def targeted(
@@ -200,11 +204,7 @@ def targeted(
         raise SpecError("targeted() needs n_classes")
     if (label == target).any():
         raise SpecError("target class equals the label")
-    B = x.shape[0]
-    C = torch.zeros(B, 1, n_classes, dtype=torch.float64)
-    C[torch.arange(B), 0, label] = 1.0
-    C[torch.arange(B), 0, target] = -1.0
-    return Spec(_ball(x, eps, p, clip), (Clause(C, torch.zeros(B, 1, dtype=torch.float64)),), name)
+    return Spec(_ball(x, eps, p, clip), (_reaches(label, target, n_classes),), name)
 
 
 def _ball(x: Tensor, eps, p, clip) -> InputSet:

@@ -6,15 +6,10 @@ every clause of every spec is.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from certify.bounding import BoundOptions, verify_with_bounds
-from certify.budget import Budget
+from certify.bounding import BoundOptions, BoundVerifier
 from certify.engine import certify_margin, sound_interval_bounds
 from certify.models import Model
-from certify.results import Guarantee, Result
-from certify.spec import Property, Spec
-
+from certify.spec import Spec
 
 
 def row_bounds(model: Model, spec: Spec, options: BoundOptions):
@@ -24,16 +19,7 @@ def row_bounds(model: Model, spec: Spec, options: BoundOptions):
     return certify_margin(C.to(y.lower.device), d.to(y.lower.device), y)
 
 
-class IBP:
-    name: ClassVar[str] = "ibp"
-    description: ClassVar[str] = "interval bound propagation, float64 with outward rounding (sound, incomplete)"
-    guarantee: ClassVar[Guarantee] = Guarantee.SOUND
-    complete: ClassVar[bool] = False
-    requires: ClassVar[tuple[str, ...]] = ("torch",)
-    Options: ClassVar[type] = BoundOptions
-
-    def supports(self, model: Model, prop: Property) -> str | None:
-        return None
-
-    def verify(self, model: Model, prop: Property, *, options: Any = None, budget: Budget) -> Result:
-        return verify_with_bounds(self.name, row_bounds, model, prop, options or BoundOptions(), budget)
+class IBP(BoundVerifier):
+    name = "ibp"
+    description = "interval bound propagation, float64 with outward rounding (sound, incomplete)"
+    row_bounds = staticmethod(row_bounds)
