@@ -116,9 +116,11 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
             uw = rel.uw.unsqueeze(1)
             lb, ub = rel.lb.unsqueeze(1), rel.ub.unsqueeze(1)
             pos = Aout.clamp(min=0)
-            neg = Aout - pos
-            # A+ lw + A- uw = A uw + A+ (lw - uw): one product over A fewer
-            A_ins = (torch.addcmul(Aout * uw, pos, lw - uw),)
+            neg = Aout - pos  # exact
+            if rnd.sound:  # one rounded product per element (the other term is an exact zero)
+                A_ins = (pos * lw + neg * uw,)
+            else:  # A uw + A+ (lw - uw): one pass over A fewer, but cancels, so not for sound bounds
+                A_ins = (torch.addcmul(Aout * uw, pos, lw - uw),)
             term = _flat_dot(neg, ub) + (_flat_dot(pos, lb) if bool(lb.any()) else 0.0)
             if rnd.sound:
                 M = lb[0, 0].numel()
