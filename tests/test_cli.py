@@ -667,3 +667,27 @@ def test_console_script(example_run):
     results, summary = json_lines(proc.stdout)
     assert [r["verdict"] for r in results] == ["proved", "falsified"]
     assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
+def test_each_bound_method_proves_the_small_eps_properties_and_never_a_falsifiable_one(capsys, method):
+    """Each sound backend agrees with the auto verdicts where those are proofs, and where auto found a
+    replayed counterexample the backend must not prove (its own PGD step reports falsified)."""
+    code, out, _ = cli(capsys, "verify", ONNX, *SPECS, "--json", "--method", method)
+    results = [json.loads(line) for line in out.splitlines() if "verdict" in line]
+    verdicts = {Path(r["source"]).stem: r["verdict"] for r in results}
+    for name, verdict in verdicts.items():
+        if "eps0.3" in name:
+            assert verdict == "falsified", (method, name)
+        if "eps0.02" in name:
+            assert verdict == "proved", (method, name)
+    assert code == ExitCode.FALSIFIED
+
+
+def test_unavailable_backend_is_an_input_error_naming_the_missing_module(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("auto_LiRPA") is not None:
+        pytest.skip("auto_LiRPA is installed here")
+    code, _, err = cli(capsys, "verify", ONNX, SPECS[0], "--method", "lirpa")
+    assert_input_error(code, err, "lirpa", "auto_LiRPA")
