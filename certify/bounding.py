@@ -16,8 +16,8 @@ from .models import Model
 from .results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
 from .spec import Property, Spec
 
-# row_bounds(model, spec, options) -> certified lower bounds of C_r f(x) - d_r, [B, R] float64
-RowBounds = Callable[[Model, Spec, object], Tensor]
+# row_bounds(model, spec, options, budget) -> certified lower bounds of C_r f(x) - d_r, [B, R] float64
+RowBounds = Callable[[Model, Spec, object, Budget], Tensor]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ def verify_with_bounds(name: str, row_bounds: RowBounds, model: Model, prop: Pro
     t1 = time.perf_counter()
     bounds = []
     for spec in prop.specs:
-        bounds.append(clause_bounds(row_bounds(model, spec.reshape_input(model.input_shape), options), spec)[0])
+        rows = row_bounds(model, spec.reshape_input(model.input_shape), options, budget)
+        bounds.append(clause_bounds(rows, spec)[0])
         if not bool((bounds[-1] > 0).all()) or budget.expired():
             break  # this spec is not proved: the property cannot be
     proved = len(bounds) == len(prop.specs) and all(bool((b > 0).all()) for b in bounds)
@@ -70,7 +71,8 @@ def verify_with_bounds(name: str, row_bounds: RowBounds, model: Model, prop: Pro
 
 class BoundVerifier:
     """A sound, incomplete backend defined by its ``row_bounds``: subclasses set ``name``,
-    ``description``, ``Options`` and ``row_bounds`` (a static function ``(model, spec, options) -> [B, R]``)."""
+    ``description``, ``Options`` and ``row_bounds`` (a static function
+    ``(model, spec, options, budget) -> [B, R]``)."""
 
     name: ClassVar[str]
     description: ClassVar[str]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from certify.bounding import BoundOptions, BoundVerifier
+from certify.budget import Budget
 from certify.engine.alpha import AlphaOptions, alpha_crown_lower
 from certify.models import Model
 from certify.spec import Spec
@@ -17,9 +18,10 @@ class AlphaCROWNOptions(BoundOptions):
     alpha: AlphaOptions = field(default_factory=AlphaOptions)
 
 
-def row_bounds(model: Model, spec: Spec, options: AlphaCROWNOptions):
+def row_bounds(model: Model, spec: Spec, options: AlphaCROWNOptions, budget: Budget):
     C, d, _ = spec.matrix()
-    return alpha_crown_lower(model.graph, spec.input, C, d, options.alpha, device=options.device)
+    return alpha_crown_lower(model.graph, spec.input, C, d, options.alpha, device=options.device,
+                             time_limit=budget.remaining())
 
 
 class AlphaCROWN(BoundVerifier):

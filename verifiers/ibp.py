@@ -7,12 +7,13 @@ every clause of every spec is.
 from __future__ import annotations
 
 from certify.bounding import BoundOptions, BoundVerifier
+from certify.budget import Budget
 from certify.engine import certify_margin, sound_interval_bounds
 from certify.models import Model
 from certify.spec import Spec
 
 
-def row_bounds(model: Model, spec: Spec, options: BoundOptions):
+def row_bounds(model: Model, spec: Spec, options: BoundOptions, budget: Budget):
     """Certified lower bounds of ``C_r y - d_r`` over the IBP output box, ``[B, R]``."""
     y = sound_interval_bounds(model.graph, spec.input.bounds(), device=options.device)
     C, d, _ = spec.matrix()

@@ -14,6 +14,8 @@ intermediate slopes); it lives here alone, with ``alpha_crown_lower`` as its sta
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -67,8 +69,10 @@ def _initial(graph: Graph, boxes, R: int, options: AlphaOptions):
 
 
 def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
-                    options: AlphaOptions = AlphaOptions(), device=None):
-    """Slopes of the best iterate (final, intermediate) and its fast, unrounded bound."""
+                    options: AlphaOptions = AlphaOptions(), device=None, time_limit: float = math.inf):
+    """Slopes of the best iterate (final, intermediate) and its fast, unrounded bound; stops early
+    after ``time_limit`` seconds (keeping the best iterate so far)."""
+    start = time.perf_counter()
     dtype = getattr(torch, options.dtype)
     g = graph.to(device=device, dtype=dtype)
     s = input_set.reshape(graph.input_shape).to(device=g.device, dtype=dtype)
@@ -84,6 +88,8 @@ def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
     opt = torch.optim.Adam(params, lr=options.lr)
     best_sum, best = -torch.inf, None
     for _ in range(options.iterations + 1):
+        if best is not None and time.perf_counter() - start > time_limit:
+            break
         boxes_it = compute_boxes(g, s, FAST, alphas=inter) if inter else boxes
         value = crown_lower(g, s, C, d, FAST, boxes=boxes_it, alphas=final)
         total = float(value.detach().sum())
@@ -105,7 +111,7 @@ def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
 
 
 def alpha_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
-                      options: AlphaOptions = AlphaOptions(), device=None) -> Tensor:
+                      options: AlphaOptions = AlphaOptions(), device=None, time_limit: float = math.inf) -> Tensor:
     """Certified lower bounds of ``C_r f(x) - d_r`` (float64, sound rounding), at least CROWN's."""
-    final, inter, _ = optimise_alphas(graph, input_set, C, d, options, device)
+    final, inter, _ = optimise_alphas(graph, input_set, C, d, options, device, time_limit)
     return sound_crown_lower(graph, input_set, C, d, device, alphas=final or None, intermediate_alphas=inter or None)

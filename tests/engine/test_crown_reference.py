@@ -146,3 +146,19 @@ def test_row_chunking_does_not_change_bounds(monkeypatch):
     monkeypatch.setattr(crown_module, "CHUNK_VALUES", 16)
     chunked = sound_crown_lower(graph, ball, C, d, alphas=final, intermediate_alphas=inter)
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_alpha_optimisation_stops_at_its_time_limit_with_a_valid_bound():
+    """With no time left the optimisation keeps its first iterate (CROWN's slopes): the same result as
+    zero iterations, and still at least CROWN."""
+    from certify.engine.alpha import AlphaOptions, optimise_alphas
+
+    rng = np.random.default_rng(4)
+    layers, input_shape = _random_layers(rng, cnn=False)
+    graph = _to_graph(layers, input_shape)
+    ball = LpBall(torch.rand(1, *input_shape, dtype=torch.float64), torch.tensor([0.3], dtype=torch.float64), math.inf)
+    C, d = torch.randn(1, 3, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)
+    *_, stopped = optimise_alphas(graph, ball, C, d, AlphaOptions(iterations=50), time_limit=0.0)
+    *_, none = optimise_alphas(graph, ball, C, d, AlphaOptions(iterations=0))
+    torch.testing.assert_close(stopped, none)
+    assert bool((alpha_crown_lower(graph, ball, C, d, time_limit=0.0) >= sound_crown_lower(graph, ball, C, d)).all())
