@@ -17,7 +17,7 @@ from .models import Model, check_spec_fits
 from .results import TIMEOUT, Result, Verdict
 from .spec import Property
 
-AUTO_CHAIN = ("pgd", "ibp", "crown", "alpha-crown")
+AUTO_CHAIN = ("pgd", "ibp", "crown", "alpha-crown", "bab")
 
 
 def _options_for(verifier, device: str, attack: bool, chained: bool) -> Any:
@@ -65,6 +65,8 @@ def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float
         if name == "pgd" and not attack:
             continue
         verifier = registry.get(name)
+        if last is not None and verifier.supports(model, prop):
+            continue  # e.g. input splitting on a high-dimensional property: keep the last answer
         last = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True), budget)
         steps.append((name, last.time_s, last.verdict.value))
         if last.verdict is not Verdict.UNKNOWN or budget.expired():

@@ -89,8 +89,12 @@ def _magnitude(box: Box) -> Tensor:
 
 
 def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, start: str, A: Tensor,
-                   rnd: Rounding, alphas: Mapping[str, Tensor] | None = None) -> Tensor:
+                   rnd: Rounding, alphas: Mapping[str, Tensor] | None = None,
+                   coefficients: dict | None = None) -> Tensor:
     """Lower bound of ``<A_r, t_start(x)>`` per row over the input set, ``[B, R]``.
+
+    If ``coefficients`` is a dict, the final linear coefficients on the input (``[B, R, *input]``) are
+    stored in it under ``"input"`` (branching heuristics use them).
 
     ``boxes`` must hold bounds of every tensor between the input and ``start`` (from ``compute_boxes``);
     ``alphas`` maps a ReLU-like node name to its lower slopes ``[B, R, *shape]`` (alpha-CROWN).
@@ -160,6 +164,8 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
     A_x = acc.get(graph.input)
     if A_x is None:
         A_x = torch.zeros(B, R, *graph.input_shape, dtype=A.dtype, device=A.device)
+    if coefficients is not None:
+        coefficients["input"] = A_x
     value = concretize_lower(input_set, A_x, rnd) + bias
     if rnd.sound:
         err = err + rnd.error_bound(bias_mag, bias_terms + 2)
@@ -217,13 +223,14 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
 
 def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Rounding = FAST,
                 boxes: Mapping[str, Box] | None = None, alphas: Mapping[str, Tensor] | None = None,
-                intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+                intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
+                coefficients: dict | None = None) -> Tensor:
     """Lower bounds of ``C_r f(x) - d_r`` over the input set, ``[B, R]`` (``C`` is ``[B, R, n_out]``)."""
     input_set = input_set.reshape(graph.input_shape)
     if boxes is None:
         boxes = compute_boxes(graph, input_set, rnd, alphas=intermediate_alphas)
     A = C.to(graph.dtype).reshape(C.shape[0], C.shape[1], *graph.output_shape)
-    value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas) - d.to(A.dtype)
+    value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas, coefficients) - d.to(A.dtype)
     if rnd.sound:  # one subtraction, and d's own decimal-to-binary rounding
         value = rnd.lo(value - unit_roundoff(A.dtype) * d.to(A.dtype).abs())
     return value
@@ -236,7 +243,8 @@ def _as64(alphas, dev):
 def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
                       device: str | torch.device | None = None,
                       alphas: Mapping[str, Tensor] | None = None,
-                      intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+                      intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
+                      coefficients: dict | None = None) -> Tensor:
     """``crown_lower`` in float64 with sound rounding: below the exact real-arithmetic minimum.
 
     Without slopes this is CROWN. With optimised ``alphas`` (final rows) and ``intermediate_alphas``
@@ -247,7 +255,7 @@ def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
     s = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
     C, d = C.to(dev, torch.float64), d.to(dev, torch.float64)
     with sound_context():
-        best = crown_lower(g, s, C, d, SOUND)
+        best = crown_lower(g, s, C, d, SOUND, coefficients=coefficients)
         if alphas is None and intermediate_alphas is None:
             return best
         inter = {t: _as64(a, dev) for t, a in intermediate_alphas.items()} if intermediate_alphas else None
