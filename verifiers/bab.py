@@ -16,7 +16,8 @@ from certify import replay
 from certify.bounding import BoundOptions
 from certify.budget import Budget
 from certify.engine.bab import InputSplitOptions, input_split
-from certify.engine.crown import sound_crown_lower
+from certify.engine.crown import crown_lower, sound_crown_lower
+from certify.engine.fp import FAST
 from certify.models import Model
 from certify.results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
 from certify.sets import Box, LpBall
@@ -38,10 +39,24 @@ def _decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index
     box = spec.input.bounds()
     C, d, clause_of_row = spec.matrix()
 
+    fast_graph = model.graph.to(device=options.device, dtype=torch.float32)
+    K = len(spec.unsafe)
+
     def bound(domain: Box, C_, d_):
+        """Screen with fast float32 CROWN; certify with sound float64 CROWN only the domains the fast
+        bound closes (the search trusts a positive row only where it closes its domain soundly)."""
         coefficients: dict = {}
-        rows = sound_crown_lower(model.graph, domain, C_, d_, device=options.device, coefficients=coefficients)
-        return rows.cpu(), coefficients["input"].cpu()
+        dev = options.device
+        rows = crown_lower(fast_graph, domain.to(device=dev, dtype=torch.float32), C_.to(dev, torch.float32),
+                           d_.to(dev, torch.float32), FAST, coefficients=coefficients).double().cpu()
+        clause_lb = torch.full((rows.shape[0], K), -torch.inf, dtype=rows.dtype).scatter_reduce(
+            1, clause_of_row.expand_as(rows), rows, reduce="amax")
+        closing = (clause_lb > 0).all(1)
+        rows = rows.clamp(max=0.0)  # nothing uncertified may look proved
+        if bool(closing.any()):
+            idx = closing.nonzero()[:, 0]
+            rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev).cpu()
+        return rows, coefficients["input"].double().cpu()
 
     def try_point(points: torch.Tensor):
         with torch.no_grad():
