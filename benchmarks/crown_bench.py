@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import statistics
 import time
 
 import torch

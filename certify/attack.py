@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .budget import Budget
 from .graph import Graph
-from .sets import Box, LpBall
-from .spec import Spec
+from .sets import LpBall
+from .spec import Spec, clause_max
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,7 @@ def pgd(graph: Graph, spec: Spec, options: AttackOptions = AttackOptions(), budg
                 break
             x.requires_grad_(True)
             rows = torch.einsum("rn,bn->br", C, g.forward(x).reshape(x.shape[0], -1)) - d  # [n, R]
-            margins = torch.full((n, K), -torch.inf, dtype=rows.dtype, device=device).scatter_reduce(
-                1, clause_of_row.expand_as(rows), rows, reduce="amax", include_self=True)
+            margins = clause_max(rows, clause_of_row, K)
             # smooth surrogate: the clause's max row plus the sum of its violated (positive) rows
             excess = torch.zeros((n, K), dtype=rows.dtype, device=device).index_add(1, clause_of_row, rows.relu())
             surrogate = margins + excess

@@ -7,14 +7,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
 
-import torch
 from torch import Tensor
 
 from .attack import AttackOptions
 from .budget import Budget
 from .models import Model
 from .results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
-from .spec import Property, Spec
+from .spec import Property, Spec, clause_max
 
 # row_bounds(model, spec, options, budget) -> certified lower bounds of C_r f(x) - d_r, [B, R] float64
 RowBounds = Callable[[Model, Spec, object, Budget], Tensor]
@@ -32,9 +31,7 @@ class BoundOptions:
 def clause_bounds(rows: Tensor, spec: Spec) -> Tensor:
     """Best row per clause: ``[B, R]`` row bounds -> ``[B, K]`` clause bounds."""
     _, _, clause_of_row = spec.matrix()
-    K = len(spec.unsafe)
-    out = torch.full((rows.shape[0], K), -torch.inf, dtype=rows.dtype, device=rows.device)
-    return out.scatter_reduce(1, clause_of_row.to(rows.device).expand_as(rows), rows, reduce="amax").cpu()
+    return clause_max(rows, clause_of_row, len(spec.unsafe)).cpu()
 
 
 def verify_with_bounds(name: str, row_bounds: RowBounds, model: Model, prop: Property, options,

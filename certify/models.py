@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
-import math
 import re
 import warnings
 import zipfile

@@ -31,11 +31,13 @@ def _flat(t: Tensor, lead: int) -> Tensor:
     return t.reshape(*t.shape[:lead], -1)
 
 
-def _down(t: Tensor) -> Tensor:
+def down(t: Tensor) -> Tensor:
+    """The next float below ``t`` (outward rounding of a lower end point)."""
     return torch.nextafter(t, torch.full_like(t, -math.inf))
 
 
-def _up(t: Tensor) -> Tensor:
+def up(t: Tensor) -> Tensor:
+    """The next float above ``t``."""
     return torch.nextafter(t, torch.full_like(t, math.inf))
 
 
@@ -198,7 +200,7 @@ class LpBall:
 
     def bounds(self) -> Box:
         e = self._eps_b(self.center)
-        box = Box(_down(self.center - e), _up(self.center + e))
+        box = Box(down(self.center - e), up(self.center + e))
         return box.intersect(self.clip) if self.clip is not None else box
 
     def support(self, A: Tensor, sign: int = 1) -> Tensor:

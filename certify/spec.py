@@ -25,6 +25,13 @@ from .errors import ShapeError, SpecError
 from .sets import Box, InputSet, LpBall, parse_norm
 
 
+def clause_max(rows: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor:
+    """Per clause, the largest of its rows: ``[N, R]`` row values -> ``[N, K]`` (a clause is unreachable
+    when its best row's lower bound is positive, and reached when its largest row is ``<= 0``)."""
+    out = torch.full((rows.shape[0], n_clauses), -torch.inf, dtype=rows.dtype, device=rows.device)
+    return out.scatter_reduce(1, clause_of_row.to(rows.device).expand_as(rows), rows, reduce="amax")
+
+
 @dataclass(frozen=True, eq=False)  # tensors: compare with torch.equal, not ==
 class Clause:
     """The unsafe polyhedron ``{y : C y <= d}``: ``C`` is ``[B, rows, n_out]``, ``d`` is ``[B, rows]``."""

@@ -21,7 +21,7 @@ from certify.engine.fp import FAST
 from certify.models import Model
 from certify.results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
 from certify.sets import Box, LpBall
-from certify.spec import Property, Spec
+from certify.spec import Property, Spec, clause_max
 from verifiers.pgd import falsify
 
 
@@ -49,9 +49,7 @@ def _decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index
         dev = options.device
         rows = crown_lower(fast_graph, domain.to(device=dev, dtype=torch.float32), C_.to(dev, torch.float32),
                            d_.to(dev, torch.float32), FAST, coefficients=coefficients).double().cpu()
-        clause_lb = torch.full((rows.shape[0], K), -torch.inf, dtype=rows.dtype).scatter_reduce(
-            1, clause_of_row.expand_as(rows), rows, reduce="amax")
-        closing = (clause_lb > 0).all(1)
+        closing = (clause_max(rows, clause_of_row, K) > 0).all(1)
         rows = rows.clamp(max=0.0)  # nothing uncertified may look proved
         if bool(closing.any()):
             idx = closing.nonzero()[:, 0]

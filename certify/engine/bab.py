@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..budget import Budget
 from ..sets import Box
+from ..spec import clause_max
 
 Bound = Callable[[Box, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -62,8 +63,7 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         visited += n
         rows, coef = bound(Box(lo, hi), C.expand(n, -1, -1), d.expand(n, -1))
         rows = rows.to(lo.device)
-        clause_lb = torch.full((n, K), -torch.inf, dtype=rows.dtype, device=rows.device).scatter_reduce(
-            1, clause_of_row.to(rows.device).expand_as(rows), rows, reduce="amax")
+        clause_lb = clause_max(rows, clause_of_row, K)
         open_ = ~(clause_lb > 0).all(1)
         if not bool(open_.any()):
             continue

@@ -37,14 +37,13 @@ and nothing computed in that mode may be reported as proved.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..sets import Box
+from ..sets import Box, down, up
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -58,14 +57,6 @@ def gamma(n: int, dtype: torch.dtype) -> float:
     if nu >= 0.5:
         raise ValueError(f"dot product of length {n} too long for a rounding bound in {dtype}")
     return nu / (1 - nu)
-
-
-def down(t: Tensor) -> Tensor:
-    return torch.nextafter(t, torch.full_like(t, -math.inf))
-
-
-def up(t: Tensor) -> Tensor:
-    return torch.nextafter(t, torch.full_like(t, math.inf))
 
 
 @dataclass(frozen=True)
