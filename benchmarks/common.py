@@ -30,6 +30,16 @@ def timeit(fn: Callable[[], object], repeat: int = 20, warmup: int = 3) -> float
     return statistics.median(times)
 
 
+def timeit_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], repeat: int = 20,
+                rounds: int = 5) -> tuple[float, float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` and the median ratio ``b / a`` over ``rounds`` rounds; each
+    round times a warm block of ``repeat`` runs of ``fn_a``, then one of ``fn_b`` (so both run with warm
+    caches, as in a loop of either alone, and drift of the machine's speed affects both alike)."""
+    pairs = [(timeit(fn_a, repeat), timeit(fn_b, repeat)) for _ in range(rounds)]
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(b / a for a, b in pairs))
+
+
 def markdown(rows: list[list[object]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -19,6 +19,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from .engine.ops.linear import interval_pair
 from .engine.rules import RULES
 from .errors import ModelError, UnsupportedOpError
 from .graph import Graph, Node
@@ -203,6 +204,9 @@ class _Importer:
         out = self.model.graph.output[0].name
         if out not in self.shape:
             raise ModelError(f"{self.source}: output '{out}' does not depend on the input")
+        for node in self.nodes:  # cached like weight_abs: the stacked weights of fast interval bounds
+            if node.op == "linear":
+                node.params["pair_weight"], node.params["pair_bias"] = interval_pair(node.params)
         return Graph(
             input=self.input.name,
             input_shape=self.shape[self.input.name][1:],

@@ -18,7 +18,7 @@ contain the set in real arithmetic, not just in floating point.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -65,11 +65,19 @@ class InputSet(Protocol):
 class Box:
     """The box ``{x : lower <= x <= upper}`` (elementwise), batched: ``lower`` is ``[B, *shape]``.
 
-    Also the interval value of the bound-propagation engine.
+    Also the interval value of the bound-propagation engine, which may keep both end points in one
+    ``[2, B, *shape]`` tensor (``from_stacked``): an elementwise map or the centre-radius form of an
+    affine layer then runs as one tensor op over both end points instead of two.
     """
 
     lower: Tensor
     upper: Tensor
+    _stacked: Tensor | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_stacked(cls, t: Tensor) -> "Box":
+        """The box with ``lower = t[0]`` and ``upper = t[1]`` (views of ``t``, kept as ``_stacked``)."""
+        return cls(t[0], t[1], t)
 
     def __post_init__(self) -> None:
         if self.lower.shape != self.upper.shape:

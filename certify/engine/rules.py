@@ -8,6 +8,7 @@ and input shapes so that the sampled soundness tests cover every rule without wr
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -78,11 +79,16 @@ def monotone_ibp(forward: Forward, rounding_ulps: float | None) -> IBP:
     """IBP of an op non-decreasing in every input: ``[f(l), f(u)]``.
 
     ``rounding_ulps=None`` means the op is exact in floating point (ReLU, max, reshape); otherwise the
-    end points are widened by that many units of roundoff, relative, plus one ulp outward.
+    end points are widened by that many units of roundoff, relative, plus one ulp outward. A
+    single-input op on stacked end points runs once on both, as one batch (every op acts per instance).
     """
 
     def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
-        out = Box(forward(params, *[b.lower for b in boxes]), forward(params, *[b.upper for b in boxes]))
+        t = boxes[0]._stacked if len(boxes) == 1 else None
+        if t is not None:
+            out = Box.from_stacked(forward(params, t.flatten(0, 1)).unflatten(0, t.shape[:2]))
+        else:
+            out = Box(forward(params, *[b.lower for b in boxes]), forward(params, *[b.upper for b in boxes]))
         if rounding_ulps is None:
             return out
         return rnd.relative(out, rounding_ulps)
@@ -90,22 +96,48 @@ def monotone_ibp(forward: Forward, rounding_ulps: float | None) -> IBP:
     return ibp
 
 
+@functools.lru_cache(maxsize=None)
+def _signs(a: float, b: float, dims: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor([a, b], dtype=dtype, device=device).reshape(2, *(1,) * dims)
+
+
+def _sum_width(box: Box) -> Tensor:
+    """``[u + l; u - l]`` stacked, in one elementwise op (no copy of the end points first)."""
+    t = box._stacked
+    lo, hi = (t[:1], t[1:]) if t is not None else (box.lower.unsqueeze(0), box.upper.unsqueeze(0))
+    return torch.addcmul(hi, _signs(1.0, -1.0, lo.dim() - 1, lo.dtype, lo.device), lo)
+
+
+def _lower_upper(cw: Tensor) -> Tensor:
+    """``[c - w/2; c + w/2]`` from stacked ``[c; w]``, in one elementwise op."""
+    return torch.addcmul(cw[:1], _signs(-0.5, 0.5, cw.dim() - 1, cw.dtype, cw.device), cw[1:])
+
+
+# pair(params, [u + l; u - l]) -> [L (u + l)/2 + b; |L| (u - l)]: the centre and width images in one call
+Pair = Callable[[Params, Tensor], Tensor]
+
+
 def affine_map_ibp(
     forward: Forward,
     abs_forward: Forward,
     bias_abs: Callable[[Params], Tensor | None],
     fan_in: Callable[[Params], int],
+    pair: Pair | None = None,
 ) -> IBP:
     """IBP of a single-input affine op ``y = L x + b`` in centre-radius form.
 
     ``c' = L c + b`` and ``r' = |L| r``: two applications of the map, which is the floor for interval
     arithmetic. In sound mode the radius grows by ``gamma_{n+2} (|L| (|c| + r) + |b|)`` plus the
     node's recorded representation errors (``rel_err`` relative to ``|L||x|``, ``abs_err`` absolute);
-    see ``fp``.
+    see ``fp``. In fast mode, an op with a ``pair`` map computes both images in one batched call, with
+    the end points kept stacked: ``[c'; w'] = pair([u + l; u - l])``, then ``[c' - w'/2; c' + w'/2]``
+    (three tensor ops per layer, two of them elementwise).
     """
 
     def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
         (box,) = boxes
+        if not rnd.sound and pair is not None:
+            return Box.from_stacked(_lower_upper(pair(params, _sum_width(box))))
         if not rnd.sound:  # fewest elementwise ops: c' = L lerp(l, u, 1/2) + b, w' = |L| (u - l), c' -+ w'/2
             c2 = forward(params, torch.lerp(box.lower, box.upper, 0.5))
             w2 = abs_forward(params, box.upper - box.lower)

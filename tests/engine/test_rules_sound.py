@@ -37,7 +37,10 @@ def _points(box: Box, gen) -> torch.Tensor:
 @pytest.mark.parametrize("op", sorted(RULES))
 @pytest.mark.parametrize("mode", ["wide", "straddle", "degenerate"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ibp_contains_sampled_outputs(op, mode, seed):
+@pytest.mark.parametrize("layout", ["plain", "stacked"])
+def test_ibp_contains_sampled_outputs(op, mode, seed, layout):
+    """``stacked``: the end points arrive as one ``[2, B, ...]`` tensor (``Box.from_stacked``), the form
+    the fast transforms pass between layers."""
     rule = RULES[op]
     gen = torch.Generator().manual_seed(1000 * seed + len(op))
     params, shapes = rule.example(gen)
@@ -46,6 +49,8 @@ def test_ibp_contains_sampled_outputs(op, mode, seed):
     n = min(x.shape[0] for x in xs)
     y = rule.forward(params, *[x[:n] for x in xs])
     assert y.shape[0] == n
+    if layout == "stacked":
+        boxes = [Box.from_stacked(torch.stack([b.lower, b.upper])) for b in boxes]
     for rounding in (FAST, SOUND):
         out = rule.ibp(params, boxes, rounding)
         assert out.lower.shape == (1, *y.shape[1:]), (op, out.lower.shape, y.shape)
@@ -123,3 +128,25 @@ def test_sound_sigmoid_tanh_relaxations_against_high_precision():
                 zz = mpmath.mpf(a) + (mpmath.mpf(b) - mpmath.mpf(a)) * k / 40
                 fz = f(zz)
                 assert lw * zz + lb <= fz <= uw * zz + ub, (op, a, b, k)
+
+
+def test_fast_interval_bounds_of_a_batch_equal_those_of_each_instance():
+    """The fast transform keeps end points stacked across layers; instances must not mix."""
+    from certify.engine import interval_bounds
+    from certify.models import load_model
+
+    from conftest import EXAMPLES
+
+    graph = load_model(EXAMPLES / "digits" / "digits_mlp.onnx").graph.to(dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(5, *graph.input_shape, generator=gen, dtype=torch.float64)
+    r = torch.rand(5, *graph.input_shape, generator=gen, dtype=torch.float64) * 0.1
+    batch = interval_bounds(graph, Box(x - r, x + r), FAST)
+    for i in range(5):
+        one = interval_bounds(graph, Box(x[i:i + 1] - r[i:i + 1], x[i:i + 1] + r[i:i + 1]), FAST)
+        torch.testing.assert_close(batch.lower[i:i + 1], one.lower, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(batch.upper[i:i + 1], one.upper, rtol=1e-12, atol=1e-12)
+    y = graph.forward(x.unsqueeze(0).expand(2000, -1, -1).reshape(-1, *graph.input_shape)
+                      + (torch.rand(2000 * 5, *graph.input_shape, generator=gen, dtype=torch.float64) * 2 - 1)
+                      * r.repeat(2000, *(1,) * len(graph.input_shape))).reshape(2000, 5, -1)
+    assert bool((y >= batch.lower - 1e-9).all()) and bool((y <= batch.upper + 1e-9).all())

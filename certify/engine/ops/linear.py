@@ -25,6 +25,24 @@ def _linear_abs(p: Params, x: Tensor) -> Tensor:
     return F.linear(x, _weight_abs(p))
 
 
+def interval_pair(p: Params) -> tuple[Tensor, Tensor]:
+    """``[W^T / 2; |W|^T]`` (``[2, n_in, n_out]``) and ``[b; 0]`` (``[2, 1, n_out]``), so that one batched
+    product maps stacked ``[u + l; u - l]`` to ``[W (u + l)/2 + b; |W| (u - l)]`` (halving is exact). Cached by the importer as ``pair_weight`` and
+    ``pair_bias``; computed when absent (training graphs, whose weights change every step)."""
+    if "pair_weight" in p:
+        return p["pair_weight"], p["pair_bias"]
+    W = p["weight"]
+    b = p.get("bias")
+    b = torch.zeros_like(W[:, 0]) if b is None else b
+    return torch.stack([W.t() * 0.5, _weight_abs(p).t()]), torch.stack([b, torch.zeros_like(b)]).unsqueeze(1)
+
+
+def _linear_pair(p: Params, cw: Tensor) -> Tensor:
+    weights, bias = interval_pair(p)
+    out = torch.baddbmm(bias, cw.reshape(2, -1, cw.shape[-1]), weights)
+    return out.reshape(*cw.shape[:-1], out.shape[-1])
+
+
 def _abs_or_none(key: str, trailing: int = 0):
     """``|params[key]|`` shaped to broadcast over the output (``trailing`` spatial dimensions), or None."""
 
@@ -124,7 +142,7 @@ def _affine_t(p: Params, A: Tensor, in_shapes) -> tuple[Tensor]:
 
 RULES = {
     "linear": OpRule("linear", _linear, affine_map_ibp(_linear, _linear_abs, _abs_or_none("bias"),
-                                                        lambda p: p["weight"].shape[1]),
+                                                        lambda p: p["weight"].shape[1], _linear_pair),
                      _linear_example, linear=True, transpose=_linear_t, abs_forward=_linear_abs),
     "conv2d": OpRule("conv2d", _conv2d, affine_map_ibp(_conv2d, _conv2d_abs, _abs_or_none("bias", trailing=2),
                                                         lambda p: p["weight"][0].numel()),
