@@ -20,3 +20,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$PY" -c "import certify, p
     "$PY" -m pip install -q -e ".[dev]"
     echo "$want" > "$stamp"
 fi
+# The optional auto_LiRPA reference (tests compare our CROWN against it; skipped when absent). Its 0.3 release
+# declares torch < 1.13, so it is installed without dependencies; verifiers/lirpa.py aliases the moved APIs.
+if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('auto_LiRPA') is None)" 2>/dev/null; then
+    "$PY" -m pip install -q --no-deps "auto_LiRPA==0.3" "appdirs>=1.4" \
+        || echo "setup: auto_LiRPA (optional reference) not installed; its tests will be skipped" >&2
+fi

@@ -1,7 +1,12 @@
 """Optional reference backend: auto_LiRPA's CROWN / alpha-CROWN on the same graph (Xu et al. 2020).
 
-Installed separately (its PyPI release needs torch < 1.13; install a current one from its repository).
-auto_LiRPA computes its bounds in plain floating point, without the rounding-error accounting that
+Installed separately. Its PyPI release 0.3 declares torch < 1.13 but runs on current torch with three
+import-time aliases for APIs that moved (applied by ``import_auto_lirpa``, only when this backend is
+used): ``numpy.lib.arraysetops`` (numpy 2), ``torch.onnx.utils._optimize_graph`` and
+``_set_opset_version`` (torch 2's TorchScript exporter moved them), and ``torch._C.Node.__getitem__``
+(attribute access by kind, which old torch.onnx installed). Install it beside certify with
+``pip install --no-deps auto_LiRPA==0.3 appdirs`` (``--no-deps`` keeps pip from replacing torch), or a
+current release from its repository. auto_LiRPA computes its bounds in plain floating point, without the rounding-error accounting that
 lets our engine claim *proved*; so this backend reports its bounds but answers UNKNOWN with the reason
 ``reference only`` rather than PROVED. Use it to compare bounds and time, not to certify.
 """
@@ -37,14 +42,42 @@ class GraphModule(torch.nn.Module):
     def __init__(self, graph: Graph):
         super().__init__()
         self.graph = graph.to(dtype=torch.float32)
+        for i, node in enumerate(self.graph.nodes):  # module state, so that tracers see weights, not constants
+            for key, value in node.params.items():
+                if isinstance(value, torch.Tensor):
+                    self.register_buffer(f"n{i}_{key}", value)
 
     def forward(self, x):
         return self.graph.forward(x)
 
 
+def import_auto_lirpa():
+    """``auto_LiRPA``, after aliasing the APIs its 0.3 release expects (see the module docstring)."""
+    import sys
+
+    import numpy
+
+    sys.modules.setdefault("numpy.lib.arraysetops", numpy)
+    import torch.onnx.symbolic_helper as helper
+    import torch.onnx.utils as onnx_utils
+
+    if not hasattr(helper, "_set_opset_version"):
+        from torch.onnx._internal.torchscript_exporter import utils as ts_utils
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+        onnx_utils._optimize_graph = ts_utils._optimize_graph
+        helper._set_opset_version = lambda v: setattr(GLOBALS, "export_onnx_opset_version", v)
+    if not hasattr(torch._C.Node, "__getitem__"):
+        torch._C.Node.__getitem__ = lambda node, key: getattr(node, node.kindOf(key))(key)
+    import auto_LiRPA
+
+    return auto_LiRPA
+
+
 def lirpa_lower(model: Model, spec: Spec, options: LirpaOptions = LirpaOptions()) -> torch.Tensor:
     """auto_LiRPA's lower bounds of ``C_r f(x) - d_r``, ``[B, R]`` (not floating-point certified)."""
-    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+    lirpa = import_auto_lirpa()
+    BoundedModule, BoundedTensor, PerturbationLpNorm = lirpa.BoundedModule, lirpa.BoundedTensor, lirpa.PerturbationLpNorm
 
     spec = spec.reshape_input(model.input_shape).to(device=options.device, dtype=torch.float32)
     box = spec.input.bounds()

@@ -180,18 +180,23 @@ def _needs_bounds(graph: Graph) -> set[str]:
 
 
 def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True,
-                  alphas: Mapping[str, Mapping[str, Tensor]] | None = None) -> dict[str, Box]:
+                  alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
+                  intersect_ibp: bool = True) -> dict[str, Box]:
     """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``).
 
     Every neuron there is refined, stable ones included: their tighter bounds tighten the IBP of the
     layers after them (which is intersected with CROWN in turn). ``alphas[t]`` optionally gives lower
     slopes (rows ``+e_i`` then ``-e_i``) for the pass that bounds tensor ``t``; the bound with CROWN's
-    own slopes is then computed too and the tighter one kept."""
+    own slopes is then computed too and the tighter one kept. ``intersect_ibp=False`` keeps CROWN's
+    bounds alone at those tensors (plain CROWN as published, and as auto_LiRPA computes it: looser)."""
     boxes: dict[str, Box] = {graph.input: rnd.input_box(input_set.bounds())}
     needs = _needs_bounds(graph) if refine else set()
     for node in graph.nodes:
         boxes[node.output] = RULES[node.op].ibp(node.params, [boxes[n] for n in node.inputs], rnd)
         if node.output in needs:
+            if not intersect_ibp:
+                inf = torch.full_like(boxes[node.output].lower, torch.inf)
+                boxes[node.output] = Box(-inf, inf)
             own = alphas.get(node.output) if alphas else None
             boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd, own)
     return boxes
