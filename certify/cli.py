@@ -1,4 +1,4 @@
-"""Command line: ``certify verify``, ``certify backends``.
+"""Command line: ``certify verify``, ``certify bench``, ``certify backends``.
 
 Exit codes (never renumbered):
   0  PROVED       every property proved
@@ -50,6 +50,19 @@ VERIFY_EXAMPLES = """examples:
 
 verdicts: proved (sound: holds for every input of the set, floating point included),
 falsified (a counterexample was replayed on onnxruntime / the eager model), unknown (with a reason).
+"""
+
+
+BENCH_EXAMPLES = """examples:
+  certify bench ../shared/benchmarks/acasxu/instances.csv            # the competition's timeouts
+  certify bench ../shared/benchmarks/acasxu/expected_results.csv --timeout 30 --csv acas.csv --markdown acas.md
+  certify bench suite/instances.csv --every 10 --json                # a 10 % sample, JSON lines
+
+answers are the competition's: sat (counterexample found and replayed), unsat (proved), timeout, unknown,
+error (unreadable model or property). Score: +10 per answer matching the expected one, -150 per
+contradicting one.
+
+exit codes: 0 no answer contradicts the expected results, 1 at least one does, 2 usage, 4 bad input
 """
 
 
@@ -106,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the VNN-COMP result file (sat + counterexample / unsat / timeout / unknown / error)")
     out.add_argument("--quiet", action="store_true", help="no table, only the summary line")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    s = sub.add_parser("bench", help="run a VNN-COMP suite (instances.csv) and score it",
+                       description="Run every instance of a VNN-COMP instances file (onnx, vnnlib, timeout rows; "
+                                   "paths relative to the file) and report answers, times and the competition's "
+                                   "score against an expected column when there is one.",
+                       epilog=BENCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("instances", help="instances CSV: no header (onnx, vnnlib, timeout[, expected]) or a header "
+                                     "naming onnx, vnnlib, timeout_s and optionally expected")
+    s.add_argument("--method", default="auto", help="auto (default) or one backend; see 'certify backends'")
+    s.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
+    s.add_argument("--device", default="cpu", help="torch device for bound computation")
+    s.add_argument("--every", type=int, default=1, metavar="K", help="run every K-th instance only (a quick sample)")
+    s.add_argument("--csv", metavar="FILE", help="write per-instance rows (answer, expected, time, ...) as CSV")
+    s.add_argument("--markdown", metavar="FILE", help="write the summary and per-instance tables as markdown")
+    s.add_argument("--json", action="store_true", help="one JSON object per instance on stdout, then a summary")
+    s.add_argument("--debug", action="store_true", help="show tracebacks")
 
     b = sub.add_parser("backends", help="list verification backends and whether they are available")
     b.add_argument("--json", action="store_true")
@@ -208,20 +237,6 @@ def _write_error_result(args) -> None:
             pass
 
 
-def _vnncomp_text(results: list) -> str:
-    from .results import TIMEOUT, Verdict
-    from .vnnlib import format_counterexample
-
-    for r in results:
-        if r.verdict is Verdict.FALSIFIED:
-            return "sat\n" + format_counterexample(r.counterexample.x, r.counterexample.y) + "\n"
-    if results and all(r.verdict is Verdict.PROVED for r in results):
-        return "unsat\n"
-    if any(r.reason == TIMEOUT for r in results):
-        return "timeout\n"
-    return "unknown\n"
-
-
 def _fmt_bound(result) -> str:
     values = [v for spec in result.bounds for v in spec]
     if not values:
@@ -310,7 +325,9 @@ def cmd_verify(args) -> int:
               f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method})")
 
     if args.vnncomp_result:
-        _write_output(args.vnncomp_result, _vnncomp_text(results))
+        from .vnncomp import result_file_text
+
+        _write_output(args.vnncomp_result, result_file_text(results))
     if args.out:
         _write_certificate(args, model, props, results, summary)
     if counts[Verdict.FALSIFIED]:
@@ -344,6 +361,53 @@ def _write_certificate(args, model, props, results, summary) -> None:
     _write_output(args.out, json.dumps(cert, indent=1) + "\n")
 
 
+def cmd_bench(args) -> int:
+    from . import bench, registry
+
+    if args.timeout is not None and not args.timeout >= 0:
+        raise CertifyError(f"--timeout: expected a non-negative number of seconds, got {args.timeout}")
+    if args.every < 1:
+        raise _Usage(f"--every: expected a positive integer, got {args.every}")
+    for flag, target in (("--csv", args.csv), ("--markdown", args.markdown)):
+        if target and not Path(target).resolve().parent.is_dir():
+            raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
+    if args.method != "auto":
+        registry.get(args.method)
+    instances = bench.read_instances(args.instances)[:: args.every]
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(instances), unit="instance", file=sys.stderr, leave=False)
+    wrong = 0
+
+    def report(o: "bench.Outcome") -> None:
+        nonlocal wrong
+        wrong += o.wrong
+        if args.json:
+            print(json.dumps({**o.__dict__, "correct": o.correct, "wrong": o.wrong}), flush=True)
+        if progress is not None:
+            progress.set_postfix_str(f"{Path(o.vnnlib).stem}: {o.answer}, wrong {wrong}")
+            progress.update(1)
+
+    outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device, on_outcome=report)
+    if progress is not None:
+        progress.close()
+    title = Path(args.instances).parent.name or Path(args.instances).stem
+    if args.json:
+        print(json.dumps({"summary": bench.summary(outcomes)}))
+    else:
+        for o in outcomes:
+            if o.wrong:
+                print(f"WRONG: {o.onnx} {o.vnnlib}: expected {o.expected}, answered {o.answer}")
+        print(bench.markdown(outcomes, title))
+    if args.csv:
+        bench.write_csv(outcomes, args.csv)
+    if args.markdown:
+        _write_output(args.markdown, bench.markdown(outcomes, title, per_instance=True))
+    return 1 if any(o.wrong for o in outcomes) else 0
+
+
 def cmd_backends(args) -> int:
     from . import registry
 
@@ -367,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
-    handler = {"verify": cmd_verify, "backends": cmd_backends}[args.command]
+    handler = {"verify": cmd_verify, "bench": cmd_bench, "backends": cmd_backends}[args.command]
     try:
         return int(handler(args))
     except _Usage as exc:

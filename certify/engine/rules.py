@@ -75,18 +75,20 @@ class OpRule:
     domain: tuple[float, float] = (-4.0, 4.0)
 
 
-def monotone_ibp(forward: Forward, rounding_ulps: float | None) -> IBP:
+def monotone_ibp(forward: Forward, rounding_ulps: float | None, elementwise: bool = False) -> IBP:
     """IBP of an op non-decreasing in every input: ``[f(l), f(u)]``.
 
     ``rounding_ulps=None`` means the op is exact in floating point (ReLU, max, reshape); otherwise the
     end points are widened by that many units of roundoff, relative, plus one ulp outward. A
-    single-input op on stacked end points runs once on both, as one batch (every op acts per instance).
+    single-input op on stacked end points runs once on both, as one batch (every op acts per instance;
+    an ``elementwise`` one directly on the ``[2, B, ...]`` tensor).
     """
 
     def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
         t = boxes[0]._stacked if len(boxes) == 1 else None
         if t is not None:
-            out = Box.from_stacked(forward(params, t.flatten(0, 1)).unflatten(0, t.shape[:2]))
+            y = forward(params, t) if elementwise else forward(params, t.flatten(0, 1)).unflatten(0, t.shape[:2])
+            out = Box.from_stacked(y)
         else:
             out = Box(forward(params, *[b.lower for b in boxes]), forward(params, *[b.upper for b in boxes]))
         if rounding_ulps is None:

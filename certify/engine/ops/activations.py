@@ -168,11 +168,11 @@ def _tanh_relax(p: Params, l: Tensor, u: Tensor, rnd: Rounding, alpha: Tensor | 
 
 
 RULES = {
-    "relu": OpRule("relu", _relu, monotone_ibp(_relu, None), _vector, relax=_relu_relax, alpha=True),
+    "relu": OpRule("relu", _relu, monotone_ibp(_relu, None, elementwise=True), _vector, relax=_relu_relax, alpha=True),
     # alpha * x is one rounding: 2 units of roundoff relative covers it
-    "leaky_relu": OpRule("leaky_relu", _leaky_relu, monotone_ibp(_leaky_relu, 2.0), _leaky_example,
+    "leaky_relu": OpRule("leaky_relu", _leaky_relu, monotone_ibp(_leaky_relu, 2.0, elementwise=True), _leaky_example,
                          relax=_leaky_relax, alpha=True),
-    "sigmoid": OpRule("sigmoid", _sigmoid, monotone_ibp(_sigmoid, LIBRARY_ULPS), _vector, relax=_sigmoid_relax,
+    "sigmoid": OpRule("sigmoid", _sigmoid, monotone_ibp(_sigmoid, LIBRARY_ULPS, elementwise=True), _vector, relax=_sigmoid_relax,
                       domain=(-12.0, 12.0)),
-    "tanh": OpRule("tanh", _tanh, monotone_ibp(_tanh, LIBRARY_ULPS), _vector, relax=_tanh_relax, domain=(-6.0, 6.0)),
+    "tanh": OpRule("tanh", _tanh, monotone_ibp(_tanh, LIBRARY_ULPS, elementwise=True), _vector, relax=_tanh_relax, domain=(-6.0, 6.0)),
 }

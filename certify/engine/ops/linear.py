@@ -39,6 +39,8 @@ def interval_pair(p: Params) -> tuple[Tensor, Tensor]:
 
 def _linear_pair(p: Params, cw: Tensor) -> Tensor:
     weights, bias = interval_pair(p)
+    if cw.dim() == 3:  # [2, B, n]: the common case, no reshapes
+        return torch.baddbmm(bias, cw, weights)
     out = torch.baddbmm(bias, cw.reshape(2, -1, cw.shape[-1]), weights)
     return out.reshape(*cw.shape[:-1], out.shape[-1])
 
