@@ -5,6 +5,6 @@ BUILTIN = {
     "ibp": "verifiers.ibp:IBP",
     "crown": "verifiers.crown:CROWN",
     "alpha-crown": "verifiers.alpha_crown:AlphaCROWN",
-    "bab": "verifiers.bab:InputBaB",
+    "bab": "verifiers.bab:BaB",
     "lirpa": "verifiers.lirpa:Lirpa",
 }

@@ -1,8 +1,8 @@
-"""Complete backend for low-dimensional inputs: branch-and-bound by input splitting over sound CROWN
-(``certify.engine.bab``), after an optional PGD attack. Proved when every domain is certified;
-falsified only with a counterexample replayed on the reference runtime; otherwise unknown (timeout or
-memory cap). ReLU splitting for high-dimensional inputs is not implemented yet: such properties are
-reported as unsupported."""
+"""Complete backend: branch-and-bound over sound CROWN (``certify.engine.bab``), after an optional PGD
+attack. Input splitting for properties with few inputs (ACAS Xu); ReLU splitting with split
+constraints in the bound (beta-CROWN) for ReLU networks with more inputs. Proved when every domain is
+certified in float64 with sound rounding; falsified only with a counterexample replayed on the reference
+runtime; otherwise unknown (timeout or memory cap)."""
 from __future__ import annotations
 
 import math
@@ -15,30 +15,51 @@ import torch
 from certify import replay
 from certify.bounding import BoundOptions
 from certify.budget import Budget
-from certify.engine.bab import InputSplitOptions, input_split
-from certify.engine.crown import crown_lower, sound_crown_lower
-from certify.engine.fp import FAST
+from certify.engine.alpha import AlphaOptions, optimise_alphas
+from certify.engine.bab import InputSplitOptions, ReluSplitOptions, input_split, relu_split
+from certify.engine.crown import _as64, compute_boxes, crown_lower, sound_crown_lower
+from certify.engine.fp import FAST, SOUND, sound_context
+from certify.engine.rules import RULES
 from certify.models import Model
 from certify.results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
 from certify.sets import Box, LpBall
 from certify.spec import Property, Spec, clause_max
 from verifiers.pgd import falsify
 
-
 @dataclass(frozen=True)
 class BaBOptions(BoundOptions):
-    """``split``: batch size and memory cap of the search; ``max_inputs``: input splitting is used only up
-    to this many input dimensions."""
+    """``split``: batch size and memory cap of input splitting, used up to ``max_inputs`` input
+    dimensions; above that ``relu``: ReLU splitting, from intermediate bounds tightened by alpha-CROWN
+    (``root_alpha``)."""
 
     split: InputSplitOptions = field(default_factory=InputSplitOptions)
     max_inputs: int = 16
+    relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
+    root_alpha: AlphaOptions = field(default_factory=AlphaOptions)
 
 
-def _decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index: int):
-    spec = spec.reshape_input(model.input_shape)
+def _candidates(model: Model, spec: Spec, index: int):
+    """``try_points(points)``: replay the most violating of a batch of candidate inputs (at most 8)."""
+    scale = 1e-6 * (1 + float(spec.matrix()[1].abs().max()))
+
+    def try_points(points: torch.Tensor):
+        points = points.to(model.graph.device, model.graph.dtype)
+        with torch.no_grad():
+            margins = spec.clause_margins(model.graph.forward(points).unsqueeze(1))[:, 0].min(1).values
+        for i in torch.argsort(margins)[:8]:
+            if float(margins[i]) > scale:
+                break
+            cex = replay.check(model, spec, points[i], spec_index=index)
+            if cex is not None:
+                return cex
+        return None
+
+    return try_points
+
+
+def _input_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index: int):
     box = spec.input.bounds()
     C, d, clause_of_row = spec.matrix()
-
     fast_graph = model.graph.to(device=options.device, dtype=torch.float32)
     K = len(spec.unsafe)
 
@@ -56,23 +77,29 @@ def _decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index
             rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev).cpu()
         return rows, coefficients["input"].double().cpu()
 
-    def try_point(points: torch.Tensor):
-        with torch.no_grad():
-            margins = spec.clause_margins(model.graph.forward(points).unsqueeze(1))[:, 0].min(1).values
-        for i in torch.argsort(margins)[:8]:
-            if float(margins[i]) > 1e-6 * (1 + float(d.abs().max())):
-                break
-            cex = replay.check(model, spec, points[i], spec_index=index)
-            if cex is not None:
-                return cex
-        return None
-
-    return input_split(box, C, d, clause_of_row, bound, try_point, budget, options.split)
+    return input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget, options.split)
 
 
-class InputBaB:
+def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index: int):
+    """Root: alpha-CROWN slopes (fast), then sound float64 intermediate boxes with them (never looser than
+    CROWN's); then ReLU splitting from those boxes."""
+    C, d, clause_of_row = spec.matrix()
+    dev = options.device
+    final, inter, _ = optimise_alphas(model.graph, spec.input, C, d, options.root_alpha, dev,
+                                      time_limit=0.25 * budget.remaining())
+    g64 = model.graph.to(device=dev, dtype=torch.float64)
+    s64 = spec.input.reshape(model.input_shape).to(device=g64.device, dtype=torch.float64)
+    with sound_context():
+        sound = compute_boxes(g64, s64, SOUND, alphas={t: _as64(a, g64.device) for t, a in inter.items()} or None)
+    fast = {k: Box(b.lower.float(), b.upper.float()) for k, b in sound.items()}
+    return relu_split(model.graph, spec.input, C, d, clause_of_row, (sound, fast), final,
+                      _candidates(model, spec, index), budget, options.relu, dev)
+
+
+class BaB:
     name: ClassVar[str] = "bab"
-    description: ClassVar[str] = "branch-and-bound by input splitting over sound CROWN (complete for small input boxes)"
+    description: ClassVar[str] = ("branch-and-bound over sound CROWN: input splitting for few inputs, ReLU splitting "
+                                  "with beta-CROWN split constraints otherwise (complete on ReLU networks)")
     guarantee: ClassVar[Guarantee] = Guarantee.SOUND
     complete: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("torch",)
@@ -80,11 +107,16 @@ class InputBaB:
 
     def supports(self, model: Model, prop: Property) -> str | None:
         limit = BaBOptions().max_inputs
-        for spec in prop.specs:
-            if isinstance(spec.input, LpBall) and spec.input.p != math.inf:
-                return f"input splitting needs a box input set, not an L{spec.input.p:g} ball"
-        if prop.n_inputs > limit:
-            return f"input splitting is for at most {limit} inputs (this property has {prop.n_inputs}); ReLU splitting is not implemented yet"
+        if prop.n_inputs <= limit:
+            for spec in prop.specs:
+                if isinstance(spec.input, LpBall) and spec.input.p != math.inf:
+                    return f"input splitting needs a box input set, not an L{spec.input.p:g} ball"
+            return None
+        other = sorted({n.op for n in model.graph.nodes
+                        if (RULES[n.op].relax is not None or RULES[n.op].backward is not None) and n.op != "relu"})
+        if other:
+            return (f"ReLU splitting handles ReLU networks; this one has {', '.join(other)} "
+                    f"(and {prop.n_inputs} inputs, more than the {limit} of input splitting)")
         return None
 
     def verify(self, model: Model, prop: Property, *, options: Any = None, budget: Budget) -> Result:
@@ -98,7 +130,9 @@ class InputBaB:
                               property=prop.name, options=opts)
         domains = 0
         for index, spec in enumerate(prop.specs):
-            outcome = _decide(model, spec, options, budget, index)
+            spec = spec.reshape_input(model.input_shape)
+            decide = _input_decide if prop.n_inputs <= options.max_inputs else _relu_decide
+            outcome = decide(model, spec, options, budget, index)
             domains += outcome.stats.get("domains", 0)
             stats = {"domains": domains}
             if outcome.counterexample is not None:

@@ -1,4 +1,7 @@
-"""Branch-and-bound by input splitting, for low-dimensional input boxes (ACAS Xu).
+"""Branch-and-bound: by input splitting for low-dimensional input boxes (ACAS Xu, ``input_split``) and by
+ReLU splitting with split constraints inside the bound (beta-CROWN, ``relu_split``) for the rest.
+
+Input splitting:
 
 A domain (sub-box of the input box) is closed when every clause of the spec has a row whose
 certified lower bound is positive on it; the spec holds when every domain is closed, because the
@@ -21,7 +24,8 @@ import torch
 from torch import Tensor
 
 from ..budget import Budget
-from ..sets import Box
+from ..graph import Graph
+from ..sets import Box, InputSet
 from ..spec import clause_max
 
 Bound = Callable[[Box, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -86,4 +90,210 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         shape = lo.shape[1:]
         lower = torch.cat([lower, flat_lo.reshape(-1, *shape), right_lo.reshape(-1, *shape)])
         upper = torch.cat([upper, left_hi.reshape(-1, *shape), flat_hi.reshape(-1, *shape)])
+    return BaBOutcome(True, stats={"domains": visited})
+
+
+# --- ReLU splitting (beta-CROWN) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReluSplitOptions:
+    """``batch`` domains bounded per pass, at most ``max_domains`` open (the memory cap); ``iterations``
+    Adam steps on the slopes (alpha) and split multipliers (beta) of each batch, learning rates
+    ``lr_alpha`` and ``lr_beta``."""
+
+    batch: int = 128
+    max_domains: int = 20_000
+    iterations: int = 10
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+
+
+@dataclass
+class _Domains:
+    """Open domains, batched: per ReLU node the split signs ``[N, *shape]`` (+1 active, -1 inactive, 0 free),
+    the lower slopes and split multipliers ``[N, R, *shape]``, and the last lower bounds ``[N, R]``."""
+
+    signs: dict[str, Tensor]
+    alphas: dict[str, Tensor]
+    betas: dict[str, Tensor]
+    lower: Tensor
+
+    def __len__(self) -> int:
+        return self.lower.shape[0]
+
+    def take(self, n: int) -> tuple["_Domains", "_Domains"]:
+        def cut(d, a, b):
+            return {k: v[a:b] for k, v in d.items()}
+
+        head = _Domains(cut(self.signs, 0, n), cut(self.alphas, 0, n), cut(self.betas, 0, n), self.lower[:n])
+        rest = _Domains(cut(self.signs, n, None), cut(self.alphas, n, None), cut(self.betas, n, None), self.lower[n:])
+        return head, rest
+
+    @staticmethod
+    def cat(parts: list["_Domains"]) -> "_Domains":
+        parts = [p for p in parts if len(p)] or parts[:1]
+        keys = parts[0].signs.keys()
+        return _Domains({k: torch.cat([p.signs[k] for p in parts]) for k in keys},
+                        {k: torch.cat([p.alphas[k] for p in parts]) for k in keys},
+                        {k: torch.cat([p.betas[k] for p in parts]) for k in keys},
+                        torch.cat([p.lower for p in parts]))
+
+
+def _clamped(boxes: dict[str, Box], relus: dict[str, str], signs: dict[str, Tensor], n: int) -> dict[str, Box]:
+    """Root boxes for ``n`` domains, with each split neuron's pre-activation box cut to its side of zero."""
+    out = {k: Box(b.lower.expand(n, *b.shape), b.upper.expand(n, *b.shape)) for k, b in boxes.items()}
+    for node, z in relus.items():
+        s, b = signs[node], out[z]
+        zero = torch.zeros((), dtype=b.lower.dtype, device=b.lower.device)
+        out[z] = Box(torch.where(s > 0, b.lower.clamp(min=0), b.lower), torch.where(s < 0, torch.minimum(b.upper, zero), b.upper))
+    return out
+
+
+def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_of_row: Tensor,
+               root_boxes: tuple[dict[str, Box], dict[str, Box]], root_alphas: dict[str, Tensor],
+               try_points: Callable[[Tensor], object | None], budget: Budget,
+               options: ReluSplitOptions = ReluSplitOptions(), device=None) -> BaBOutcome:
+    """Decide a single-instance spec (``C [1, R, n]``, ``d [1, R]``) on a ReLU network by splitting ReLUs.
+
+    ``root_boxes = (sound, fast)``: sound float64 bounds of every tensor over the input set (the root
+    of the search), and the same in float32 for the fast pass. A domain fixes some pre-activations to one
+    side of zero; it is bounded by CROWN over the root boxes cut to those sides, with the split
+    constraints also in the objective through multipliers ``beta >= 0`` (``crown.backward_lower``), and
+    slopes and multipliers optimised per row by a few Adam steps in float32 (warm-started from the
+    parent). A domain whose fast bound closes every clause is certified again in float64 with sound
+    rounding, with the same slopes and multipliers; only then is it closed. The domains always cover the
+    input set (each split replaces a domain by its two sides), so the spec holds when none is open.
+
+    Branching (BaBSR-style estimate of the bound improvement): for every unstable, unsplit neuron, the
+    intercept of its upper relaxation line, ``-l u / (u - l)``, times the negative part of the worst
+    clause's best row's coefficient on the ReLU's output; the largest is split. Each open domain's
+    minimiser of the final linear bound over the input box is offered to ``try_points``.
+    """
+    from .crown import crown_lower
+    from .fp import FAST, SOUND, sound_context
+
+    g64 = graph.to(device=device, dtype=torch.float64)
+    g32 = graph.to(device=device, dtype=torch.float32)
+    dev = g64.device
+    sound_boxes, fast_boxes = root_boxes
+    relus = {n.name: n.inputs[0] for n in g64.nodes if n.op == "relu"}
+    K = int(clause_of_row.max()) + 1
+    R = C.shape[1]
+    s64 = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
+    s32 = s64.to(dtype=torch.float32)
+    box32 = s32.bounds()
+    C32, d32 = C.to(dev, torch.float32), d.to(dev, torch.float32)
+    C64, d64 = C.to(dev, torch.float64), d.to(dev, torch.float64)
+    zeros = {k: torch.zeros(1, *fast_boxes[z].shape, dtype=torch.int8, device=dev) for k, z in relus.items()}
+    alphas0 = {k: root_alphas[k].to(dev, torch.float32) if k in root_alphas else
+               torch.where(fast_boxes[z].upper >= -fast_boxes[z].lower, 1.0, 0.0).unsqueeze(1).expand(1, R, *fast_boxes[z].shape)
+               for k, z in relus.items()}
+    betas0 = {k: torch.zeros(1, R, *fast_boxes[z].shape, device=dev) for k, z in relus.items()}
+    queue = _Domains(zeros, {k: v.clone() for k, v in alphas0.items()}, betas0,
+                     torch.full((1, R), -torch.inf, device=dev))
+    visited, exhausted = 0, 0
+    while len(queue):
+        if budget.expired():
+            return BaBOutcome(False, reason="timeout", stats={"domains": visited, "open": len(queue)})
+        if len(queue) > options.max_domains:
+            return BaBOutcome(False, reason=f"memory cap: more than {options.max_domains} open domains",
+                              stats={"domains": visited, "open": len(queue)})
+        batch, queue = queue.take(options.batch)
+        n = len(batch)
+        visited += n
+        signs = batch.signs
+        s_n = s32[torch.zeros(n, dtype=torch.long, device=dev)]  # the one input set, once per domain
+        boxes = _clamped(fast_boxes, relus, signs, n)
+        alphas = {k: v.clone().requires_grad_(True) for k, v in batch.alphas.items()}
+        betas = {k: v.clone().requires_grad_(True) for k, v in batch.betas.items()}
+        opt = torch.optim.Adam([{"params": list(alphas.values()), "lr": options.lr_alpha},
+                                {"params": list(betas.values()), "lr": options.lr_beta}])
+        sign_f = {k: v.to(torch.float32) for k, v in signs.items()}
+        best = torch.full((n, R), -torch.inf, device=dev)
+        best_a = {k: v.detach().clone() for k, v in alphas.items()}
+        best_b = {k: v.detach().clone() for k, v in betas.items()}
+        coef: dict = {}
+        for it in range(options.iterations):
+            coef = {}
+            value = crown_lower(g32, s_n, C32.expand(n, -1, -1), d32.expand(n, -1), FAST, boxes=boxes, alphas=alphas,
+                                betas={k: (betas[k], sign_f[k]) for k in relus}, coefficients=coef)
+            with torch.no_grad():
+                better = value > best
+                best = torch.where(better, value, best)
+                for k in relus:
+                    m = better.reshape(n, R, *([1] * (alphas[k].dim() - 2)))
+                    best_a[k] = torch.where(m, alphas[k], best_a[k])
+                    best_b[k] = torch.where(m, betas[k], best_b[k])
+            if it + 1 == options.iterations or bool((clause_max(best, clause_of_row, K) > 0).all()):
+                break
+            opt.zero_grad()
+            (-value.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for k in relus:
+                    alphas[k].clamp_(0.0, 1.0)
+                    betas[k].clamp_(min=0.0)
+        closing = (clause_max(best, clause_of_row, K) > 0).all(1)
+        if bool(closing.any()):
+            idx = closing.nonzero()[:, 0]
+            m = idx.numel()
+            with sound_context():
+                rows = crown_lower(g64, s64[torch.zeros(m, dtype=torch.long, device=dev)], C64.expand(m, -1, -1),
+                                   d64.expand(m, -1), SOUND,
+                                   boxes=_clamped(sound_boxes, relus, {k: v[idx] for k, v in signs.items()}, m),
+                                   alphas={k: best_a[k][idx].double() for k in relus},
+                                   betas={k: (best_b[k][idx].double(), signs[k][idx].double()) for k in relus})
+            certified = torch.zeros_like(closing)
+            certified[idx] = (clause_max(rows, clause_of_row, K) > 0).all(1)
+            closing = certified
+        open_ = ~closing
+        if not bool(open_.any()):
+            continue
+        o = open_.nonzero()[:, 0]
+        # candidate counterexamples: the minimiser of the worst clause's best row over the input box
+        clause_lb = clause_max(best[o], clause_of_row, K)
+        worst = clause_lb.argmin(1)
+        in_clause = clause_of_row.to(dev).unsqueeze(0) == worst.unsqueeze(1)
+        row = torch.where(in_clause, best[o], torch.full_like(best[o], -torch.inf)).argmax(1)
+        ar = torch.arange(o.numel(), device=dev)
+        A_x = coef["input"].detach()[o, row]
+        points = torch.where(A_x >= 0, box32.lower[0], box32.upper[0])
+        found = try_points(points)
+        if found is not None:
+            return BaBOutcome(False, counterexample=found, stats={"domains": visited})
+        # branching
+        scores = []
+        for k, z in relus.items():
+            b = boxes[z]
+            lo, hi = b.lower[o].flatten(1), b.upper[o].flatten(1)
+            a = coef[k].detach()[o, row].flatten(1)
+            free = (signs[k][o].flatten(1) == 0) & (lo < 0) & (hi > 0)
+            intercept = -lo * hi / (hi - lo).clamp_min(1e-12)
+            score = (-a).clamp(min=0) * intercept + 1e-6 * a.abs() * (hi - lo)
+            scores.append(torch.where(free, score, torch.full_like(score, -torch.inf)))
+        flat = torch.cat(scores, 1)
+        top, choice = flat.max(1)
+        splittable = torch.isfinite(top)
+        exhausted += int((~splittable).sum())
+        o, choice, ar = o[splittable], choice[splittable], ar[splittable]
+        if not o.numel():
+            continue
+        children = []
+        for side in (1, -1):
+            ch_signs, offset = {}, 0
+            for k in relus:
+                v = signs[k][o].clone()
+                width = v[0].numel()
+                local = choice - offset
+                hit = (local >= 0) & (local < width)
+                vf = v.flatten(1)
+                vf[hit.nonzero()[:, 0], local[hit]] = side
+                ch_signs[k] = vf.reshape(v.shape)
+                offset += width
+            children.append(_Domains(ch_signs, {k: best_a[k][o] for k in relus}, {k: best_b[k][o] for k in relus},
+                                     best[o]))
+        queue = _Domains.cat([queue, *children])
+    if exhausted:
+        return BaBOutcome(False, reason=f"{exhausted} domains with every ReLU split stayed open", stats={"domains": visited})
     return BaBOutcome(True, stats={"domains": visited})

@@ -90,14 +90,23 @@ def _magnitude(box: Box) -> Tensor:
 
 def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, start: str, A: Tensor,
                    rnd: Rounding, alphas: Mapping[str, Tensor] | None = None,
-                   coefficients: dict | None = None) -> Tensor:
+                   coefficients: dict | None = None,
+                   betas: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
     """Lower bound of ``<A_r, t_start(x)>`` per row over the input set, ``[B, R]``.
 
     If ``coefficients`` is a dict, the final linear coefficients on the input (``[B, R, *input]``) are
-    stored in it under ``"input"`` (branching heuristics use them).
+    stored in it under ``"input"``, and those on each nonlinear node's output under the node's name
+    (branching heuristics use them).
 
     ``boxes`` must hold bounds of every tensor between the input and ``start`` (from ``compute_boxes``);
     ``alphas`` maps a ReLU-like node name to its lower slopes ``[B, R, *shape]`` (alpha-CROWN).
+
+    Split constraints (beta-CROWN, Wang et al. 2021): ``betas[name] = (beta, sign)`` for a node whose
+    input neurons ``z_j`` are constrained to ``sign_j z_j >= 0`` (``sign`` in {-1, 0, 1}, ``[B, *shape]``;
+    the caller also clamps their boxes to the constrained side). For any ``beta >= 0`` (``[B, R, *shape]``)
+    ``<A, relu(z)> >= <A, relu(z)> - <beta sign, z>`` wherever the constraints hold, so subtracting
+    ``beta sign`` from the coefficients on ``z`` keeps a valid lower bound over the constrained region
+    and lets the optimiser use the constraints inside the bound, not only through the boxes.
     """
     shapes = _shapes(graph)
     B, R = A.shape[:2]
@@ -130,6 +139,15 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
                 M = lb[0, 0].numel()
                 err = err + rnd.error_bound(_flat_dot(A_ins[0].abs(), _magnitude(z).unsqueeze(1)), 2)
                 err = err + rnd.error_bound(_flat_dot(Aout.abs(), lb.abs() + ub.abs()), 2 * M + 1)
+            if coefficients is not None:
+                coefficients[node.name] = Aout
+            if betas is not None and node.name in betas:
+                beta, sign = betas[node.name]
+                beta = beta.clamp(min=0.0) if rnd.sound else beta
+                a = A_ins[0] - beta * sign.unsqueeze(1)  # beta * sign is exact: sign is -1, 0 or 1
+                if rnd.sound:  # one rounded subtraction per element
+                    err = err + rnd.error_bound(_flat_dot(a.abs(), _magnitude(z).unsqueeze(1)), 1)
+                A_ins = (a,)
         elif rule.backward is not None:
             A_ins, term, step_err = rule.backward(node.params, Aout, in_boxes, rnd)
             err = err + step_err
@@ -229,13 +247,15 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
 def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Rounding = FAST,
                 boxes: Mapping[str, Box] | None = None, alphas: Mapping[str, Tensor] | None = None,
                 intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
-                coefficients: dict | None = None) -> Tensor:
-    """Lower bounds of ``C_r f(x) - d_r`` over the input set, ``[B, R]`` (``C`` is ``[B, R, n_out]``)."""
+                coefficients: dict | None = None,
+                betas: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
+    """Lower bounds of ``C_r f(x) - d_r`` over the input set, ``[B, R]`` (``C`` is ``[B, R, n_out]``);
+    ``betas``: split constraints (see ``backward_lower``), valid only where they hold."""
     input_set = input_set.reshape(graph.input_shape)
     if boxes is None:
         boxes = compute_boxes(graph, input_set, rnd, alphas=intermediate_alphas)
     A = C.to(graph.dtype).reshape(C.shape[0], C.shape[1], *graph.output_shape)
-    value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas, coefficients) - d.to(A.dtype)
+    value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas, coefficients, betas) - d.to(A.dtype)
     if rnd.sound:  # one subtraction, and d's own decimal-to-binary rounding
         value = rnd.lo(value - unit_roundoff(A.dtype) * d.to(A.dtype).abs())
     return value
