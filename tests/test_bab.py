@@ -77,3 +77,66 @@ def test_bab_reports_unsupported_for_high_dimensional_non_relu_networks():
     result = api.verify(model, prop, "bab", timeout=5)
     assert result.verdict is Verdict.UNKNOWN and "unsupported" in result.reason
     assert "sigmoid" in result.reason and "64" in result.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vnnlib, expected", [("prop_6_0.03", "unsat"), ("prop_2_0.03", "sat")])
+def test_relu_split_decides_mnist_instances_alpha_crown_leaves_open(vnnlib, expected):
+    """MNIST-FC 256x2 (VNN-COMP 2022): alpha-CROWN leaves both unknown (and PGD misses the sat one);
+    ReLU splitting proves the unsat one and falsifies the sat one with a counterexample that onnxruntime
+    replays, matching the published results."""
+    from certify.models import load_model
+    from certify.vnnlib import read_vnnlib
+
+    from conftest import shared_dir
+
+    root = shared_dir("mnist_fc")
+    model = load_model(root / "onnx" / "mnist-net_256x2.onnx")
+    prop = read_vnnlib(root / "vnnlib" / f"{vnnlib}.vnnlib")
+    assert api.verify(model, prop, "alpha-crown", timeout=60).verdict is Verdict.UNKNOWN
+    result = api.verify(model, prop, "bab", timeout=60, attack=False)
+    assert result.verdict is (Verdict.PROVED if expected == "unsat" else Verdict.FALSIFIED), result.reason
+    if expected == "sat":
+        x = np.asarray(result.counterexample.x, dtype=np.float32).reshape(1, 784, 1)
+        y = model.reference(x).reshape(1, -1)
+        assert bool(prop.specs[0].violated_by(torch.tensor(y, dtype=torch.float64)).all())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench, onnx, vnnlib", [
+    ("acasxu", "ACASXU_run2a_4_2_batch_2000.onnx", "prop_2.vnnlib"),  # unsat, beyond a few seconds of input splits
+    ("mnist_fc", "mnist-net_256x6.onnx", "prop_1_0.05.vnnlib"),      # beyond a few seconds of ReLU splits
+])
+def test_auto_honours_its_time_budget(bench, onnx, vnnlib):
+    """Given T seconds, a run returns within T + 10 % (plus a second of slack for one last batch)."""
+    import time
+
+    from certify.models import load_model
+    from certify.vnnlib import read_vnnlib
+
+    from conftest import shared_dir
+
+    root = shared_dir(bench)
+    model, prop = load_model(root / "onnx" / onnx), read_vnnlib(root / "vnnlib" / vnnlib)
+    T = 6.0
+    t0 = time.perf_counter()
+    result = api.verify(model, prop, "auto", timeout=T)
+    elapsed = time.perf_counter() - t0
+    assert elapsed <= 1.1 * T + 1.0, (elapsed, result.steps)
+    if result.verdict is Verdict.UNKNOWN:
+        assert result.reason == "timeout"
+
+
+def test_relu_split_on_a_network_without_relus_decides_by_the_exact_bound():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(40, 3)).eval()
+    model = from_module(net, (40,))
+    x = torch.zeros(1, 40, dtype=torch.float64)
+    box = Box(x - 1, x + 1)
+    w = net[0].weight.detach().double()[0]
+    minimum = float(net[0].bias.detach().double()[0] - w.abs().sum())
+    C = torch.zeros(1, 1, 3, dtype=torch.float64)
+    C[0, 0, 0] = 1.0
+    for delta, expect in ((-1e-3, Verdict.PROVED), (1e-3, Verdict.FALSIFIED)):
+        prop = Property("lin", (Spec(box, (Clause(C, torch.tensor([[minimum + delta]], dtype=torch.float64)),)),))
+        assert api.verify(model, prop, "bab", timeout=20, attack=False).verdict is expect

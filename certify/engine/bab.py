@@ -225,7 +225,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                     m = better.reshape(n, R, *([1] * (alphas[k].dim() - 2)))
                     best_a[k] = torch.where(m, alphas[k], best_a[k])
                     best_b[k] = torch.where(m, betas[k], best_b[k])
-            if it + 1 == options.iterations or bool((clause_max(best, clause_of_row, K) > 0).all()):
+            if it + 1 == options.iterations or not relus or bool((clause_max(best, clause_of_row, K) > 0).all()):
                 break
             opt.zero_grad()
             (-value.sum()).backward()
@@ -256,7 +256,6 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         worst = clause_lb.argmin(1)
         in_clause = clause_of_row.to(dev).unsqueeze(0) == worst.unsqueeze(1)
         row = torch.where(in_clause, best[o], torch.full_like(best[o], -torch.inf)).argmax(1)
-        ar = torch.arange(o.numel(), device=dev)
         A_x = coef["input"].detach()[o, row]
         points = torch.where(A_x >= 0, box32.lower[0], box32.upper[0])
         found = try_points(points)
@@ -272,11 +271,13 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
             intercept = -lo * hi / (hi - lo).clamp_min(1e-12)
             score = (-a).clamp(min=0) * intercept + 1e-6 * a.abs() * (hi - lo)
             scores.append(torch.where(free, score, torch.full_like(score, -torch.inf)))
-        flat = torch.cat(scores, 1)
-        top, choice = flat.max(1)
+        if not scores:  # no ReLU at all: CROWN was exact, nothing to split
+            exhausted += o.numel()
+            continue
+        top, choice = torch.cat(scores, 1).max(1)
         splittable = torch.isfinite(top)
         exhausted += int((~splittable).sum())
-        o, choice, ar = o[splittable], choice[splittable], ar[splittable]
+        o, choice = o[splittable], choice[splittable]
         if not o.numel():
             continue
         children = []
