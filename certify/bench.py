@@ -170,14 +170,33 @@ def markdown(outcomes: Sequence[Outcome], title: str = "suite", per_instance: bo
     return "\n\n".join(parts) + "\n"
 
 
+FIELDS = ["onnx", "vnnlib", "timeout", "answer", "expected", "correct", "wrong", "method", "time_s", "note"]
+
+
+class CsvLog:
+    """Per-instance rows written as they come (a long run can be watched, and survives an interrupt):
+    onnx, vnnlib, timeout, answer, expected, correct, wrong, method, time_s, note."""
+
+    def __init__(self, path: str | Path):
+        try:
+            self._file = open(path, "w", newline="")
+        except OSError as exc:
+            raise CertifyError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+        self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
+        self._writer.writeheader()
+
+    def write(self, o: Outcome) -> None:
+        self._writer.writerow({**asdict(o), "correct": int(o.correct), "wrong": int(o.wrong), "time_s": f"{o.time_s:.4f}"})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def write_csv(outcomes: Sequence[Outcome], path: str | Path) -> None:
-    """Per-instance rows: onnx, vnnlib, timeout, answer, expected, correct, wrong, method, time_s, note."""
-    fields = ["onnx", "vnnlib", "timeout", "answer", "expected", "correct", "wrong", "method", "time_s", "note"]
+    log = CsvLog(path)
     try:
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            for o in outcomes:
-                w.writerow({**asdict(o), "correct": int(o.correct), "wrong": int(o.wrong), "time_s": f"{o.time_s:.4f}"})
-    except OSError as exc:
-        raise CertifyError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+        for o in outcomes:
+            log.write(o)
+    finally:
+        log.close()

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
     s.add_argument("--device", default="cpu", help="torch device for bound computation")
     s.add_argument("--every", type=int, default=1, metavar="K", help="run every K-th instance only (a quick sample)")
-    s.add_argument("--csv", metavar="FILE", help="write per-instance rows (answer, expected, time, ...) as CSV")
+    s.add_argument("--csv", metavar="FILE", help="write per-instance rows (answer, expected, time, ...) as CSV, "
+                                                 "each as soon as it is known")
     s.add_argument("--markdown", metavar="FILE", help="write the summary and per-instance tables as markdown")
     s.add_argument("--json", action="store_true", help="one JSON object per instance on stdout, then a summary")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -380,19 +381,26 @@ def cmd_bench(args) -> int:
 
         progress = tqdm(total=len(instances), unit="instance", file=sys.stderr, leave=False)
     wrong = 0
+    log = bench.CsvLog(args.csv) if args.csv else None
 
     def report(o: "bench.Outcome") -> None:
         nonlocal wrong
         wrong += o.wrong
+        if log is not None:
+            log.write(o)
         if args.json:
             print(json.dumps({**o.__dict__, "correct": o.correct, "wrong": o.wrong}), flush=True)
         if progress is not None:
             progress.set_postfix_str(f"{Path(o.vnnlib).stem}: {o.answer}, wrong {wrong}")
             progress.update(1)
 
-    outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device, on_outcome=report)
-    if progress is not None:
-        progress.close()
+    try:
+        outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device, on_outcome=report)
+    finally:
+        if progress is not None:
+            progress.close()
+        if log is not None:
+            log.close()
     title = Path(args.instances).parent.name or Path(args.instances).stem
     if args.json:
         print(json.dumps({"summary": bench.summary(outcomes)}))
@@ -401,8 +409,6 @@ def cmd_bench(args) -> int:
             if o.wrong:
                 print(f"WRONG: {o.onnx} {o.vnnlib}: expected {o.expected}, answered {o.answer}")
         print(bench.markdown(outcomes, title))
-    if args.csv:
-        bench.write_csv(outcomes, args.csv)
     if args.markdown:
         _write_output(args.markdown, bench.markdown(outcomes, title, per_instance=True))
     return 1 if any(o.wrong for o in outcomes) else 0
