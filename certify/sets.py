@@ -72,11 +72,11 @@ class Box:
 
     lower: Tensor
     upper: Tensor
-    _stacked: Tensor | None = field(default=None, repr=False, compare=False)
+    stacked: Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_stacked(cls, t: Tensor) -> "Box":
-        """The box with ``lower = t[0]`` and ``upper = t[1]`` (views of ``t``, kept as ``_stacked``)."""
+        """The box with ``lower = t[0]`` and ``upper = t[1]`` (views of ``t``, which is kept as ``stacked``)."""
         return cls(t[0], t[1], t)
 
     def __post_init__(self) -> None:

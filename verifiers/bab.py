@@ -16,7 +16,7 @@ from certify import replay
 from certify.bounding import BoundOptions
 from certify.budget import Budget
 from certify.engine.alpha import AlphaOptions, optimise_alphas
-from certify.engine.bab import InputSplitOptions, ReluSplitOptions, input_split, relu_split
+from certify.engine.bab import BaBOutcome, InputSplitOptions, ReluSplitOptions, input_split, relu_split
 from certify.engine.crown import _as64, compute_boxes, crown_lower, sound_crown_lower
 from certify.engine.fp import FAST, SOUND, sound_context
 from certify.engine.rules import RULES
@@ -82,7 +82,8 @@ def _input_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget,
 
 def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index: int):
     """Root: alpha-CROWN slopes (fast), then sound float64 intermediate boxes with them (never looser than
-    CROWN's); then ReLU splitting from those boxes."""
+    CROWN's) and a sound bound of every row; clauses already certified there hold on the whole input set
+    and leave the search, which splits ReLUs for the rest (a robustness spec usually keeps 1-3 of 9)."""
     C, d, clause_of_row = spec.matrix()
     dev = options.device
     final, inter, _ = optimise_alphas(model.graph, spec.input, C, d, options.root_alpha, dev,
@@ -91,9 +92,17 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
     s64 = spec.input.reshape(model.input_shape).to(device=g64.device, dtype=torch.float64)
     with sound_context():
         sound = compute_boxes(g64, s64, SOUND, alphas={t: _as64(a, g64.device) for t, a in inter.items()} or None)
+        root = crown_lower(g64, s64, C.to(g64.device, torch.float64), d.to(g64.device, torch.float64), SOUND,
+                           boxes=sound, alphas=_as64(final, g64.device) or None).cpu()
+    open_clauses = (clause_max(root, clause_of_row, len(spec.unsafe))[0] <= 0).nonzero()[:, 0]
+    if not open_clauses.numel():
+        return BaBOutcome(True, stats={"domains": 1})
+    keep = torch.isin(clause_of_row, open_clauses)
+    clause_of_row = torch.unique(clause_of_row[keep], return_inverse=True)[1]
     fast = {k: Box(b.lower.float(), b.upper.float()) for k, b in sound.items()}
-    return relu_split(model.graph, spec.input, C, d, clause_of_row, (sound, fast), final,
-                      _candidates(model, spec, index), budget, options.relu, dev)
+    return relu_split(model.graph, spec.input, C[:, keep], d[:, keep], clause_of_row, (sound, fast),
+                      {k: v[:, keep.to(v.device)] for k, v in final.items()}, _candidates(model, spec, index),
+                      budget, options.relu, dev)
 
 
 class BaB:

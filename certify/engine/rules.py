@@ -85,7 +85,7 @@ def monotone_ibp(forward: Forward, rounding_ulps: float | None, elementwise: boo
     """
 
     def ibp(params: Params, boxes: Sequence[Box], rnd: Rounding) -> Box:
-        t = boxes[0]._stacked if len(boxes) == 1 else None
+        t = boxes[0].stacked if len(boxes) == 1 else None
         if t is not None:
             y = forward(params, t) if elementwise else forward(params, t.flatten(0, 1)).unflatten(0, t.shape[:2])
             out = Box.from_stacked(y)
@@ -105,7 +105,7 @@ def _signs(a: float, b: float, dims: int, dtype: torch.dtype, device: torch.devi
 
 def _sum_width(box: Box) -> Tensor:
     """``[u + l; u - l]`` stacked, in one elementwise op (no copy of the end points first)."""
-    t = box._stacked
+    t = box.stacked
     lo, hi = (t[:1], t[1:]) if t is not None else (box.lower.unsqueeze(0), box.upper.unsqueeze(0))
     return torch.addcmul(hi, _signs(1.0, -1.0, lo.dim() - 1, lo.dtype, lo.device), lo)
 
