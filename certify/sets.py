@@ -72,7 +72,7 @@ class Box:
 
     lower: Tensor
     upper: Tensor
-    stacked: Tensor | None = field(default=None, repr=False, compare=False)
+    stacked: Tensor | None = field(default=None, repr=False, compare=False)  # set only by from_stacked
 
     @classmethod
     def from_stacked(cls, t: Tensor) -> "Box":
