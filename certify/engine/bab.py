@@ -47,6 +47,23 @@ class BaBOutcome:
     stats: dict = field(default_factory=dict)
 
 
+def _halt(budget: Budget, n_open: int, max_domains: int, visited: int) -> BaBOutcome | None:
+    """The search's stop rules: out of time, or more open domains than the memory cap allows."""
+    stats = {"domains": visited, "open": n_open}
+    if budget.expired():
+        return BaBOutcome(False, reason="timeout", stats=stats)
+    if n_open > max_domains:
+        return BaBOutcome(False, reason=f"memory cap: more than {max_domains} open domains", stats=stats)
+    return None
+
+
+def _deciding_row(rows: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor:
+    """Per domain, the row that decides it: the best row of the clause with the lowest bound."""
+    worst = clause_max(rows, clause_of_row, n_clauses).argmin(1)
+    in_clause = clause_of_row.to(rows.device).unsqueeze(0) == worst.unsqueeze(1)
+    return torch.where(in_clause, rows, torch.full_like(rows, -torch.inf)).argmax(1)
+
+
 def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bound,
                 try_point: Callable[[Tensor], object | None], budget: Budget,
                 options: InputSplitOptions = InputSplitOptions()) -> BaBOutcome:
@@ -56,11 +73,9 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
     full_width = (box.upper - box.lower).clamp_min(1e-30)
     visited = 0
     while lower.shape[0]:
-        if budget.expired():
-            return BaBOutcome(False, reason="timeout", stats={"domains": visited, "open": lower.shape[0]})
-        if lower.shape[0] > options.max_domains:
-            return BaBOutcome(False, reason=f"memory cap: more than {options.max_domains} open domains",
-                              stats={"domains": visited, "open": lower.shape[0]})
+        halt = _halt(budget, lower.shape[0], options.max_domains, visited)
+        if halt is not None:
+            return halt
         lo, hi = lower[: options.batch], upper[: options.batch]
         lower, upper = lower[options.batch:], upper[options.batch:]
         n = lo.shape[0]
@@ -71,14 +86,11 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         open_ = ~(clause_lb > 0).all(1)
         if not bool(open_.any()):
             continue
-        lo, hi, rows, coef, clause_lb = lo[open_], hi[open_], rows[open_], coef[open_], clause_lb[open_]
+        lo, hi, rows, coef = lo[open_], hi[open_], rows[open_], coef[open_]
         found = try_point((lo + hi) / 2)
         if found is not None:
             return BaBOutcome(False, counterexample=found, stats={"domains": visited})
-        # the worst clause's best row decides the split
-        worst = clause_lb.argmin(1)
-        in_clause = clause_of_row.to(rows.device).unsqueeze(0) == worst.unsqueeze(1)
-        best_row = torch.where(in_clause, rows, torch.full_like(rows, -torch.inf)).argmax(1)
+        best_row = _deciding_row(rows, clause_of_row, K)  # it decides the split
         a = coef.to(lo.device)[torch.arange(lo.shape[0]), best_row]
         width = hi - lo
         score = (a.abs() * width).flatten(1) + 1e-12 * (width / full_width).flatten(1)  # ties: widest
@@ -194,11 +206,9 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                      torch.full((1, R), -torch.inf, device=dev))
     visited, exhausted = 0, 0
     while len(queue):
-        if budget.expired():
-            return BaBOutcome(False, reason="timeout", stats={"domains": visited, "open": len(queue)})
-        if len(queue) > options.max_domains:
-            return BaBOutcome(False, reason=f"memory cap: more than {options.max_domains} open domains",
-                              stats={"domains": visited, "open": len(queue)})
+        halt = _halt(budget, len(queue), options.max_domains, visited)
+        if halt is not None:
+            return halt
         batch, queue = queue.take(options.batch)
         n = len(batch)
         visited += n
@@ -251,11 +261,8 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         if not bool(open_.any()):
             continue
         o = open_.nonzero()[:, 0]
-        # candidate counterexamples: the minimiser of the worst clause's best row over the input box
-        clause_lb = clause_max(best[o], clause_of_row, K)
-        worst = clause_lb.argmin(1)
-        in_clause = clause_of_row.to(dev).unsqueeze(0) == worst.unsqueeze(1)
-        row = torch.where(in_clause, best[o], torch.full_like(best[o], -torch.inf)).argmax(1)
+        # candidate counterexamples: the minimiser of the deciding row's linear bound over the input box
+        row = _deciding_row(best[o], clause_of_row, K)
         A_x = coef["input"].detach()[o, row]
         points = torch.where(A_x >= 0, box32.lower[0], box32.upper[0])
         found = try_points(points)
