@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import time
@@ -53,7 +52,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     instances = bench.read_instances(shared("acasxu") / "expected_results.csv")[:: args.every]
     rows, ours, theirs = [], [], []
     for inst in instances:
