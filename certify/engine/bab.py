@@ -9,8 +9,9 @@ domains always cover the input box (each split replaces a box by its two halves)
 split along the input dimension with the largest estimated effect on the bound: ``|a_i| w_i`` for the
 coefficients ``a`` of the worst clause's best row in CROWN's final linear bound and the domain's width
 ``w_i`` (halving ``w_i`` raises that row's bound by about ``|a_i| w_i / 2``). Domains are bounded in
-batches; the centre of every open domain is offered to ``try_point`` (which replays candidates on the
-reference runtime) so that violated properties end with a counterexample.
+batches; the centre of every open domain and the minimiser of its deciding row's linear bound are
+offered to ``try_point`` (which replays candidates on the reference runtime) so that violated
+properties end with a counterexample.
 
 Generic over the bounding function: ``bound(box, C, d) -> (row lower bounds [N, R], input coefficients
 [N, R, *shape])``; it must be sound for a *proved* answer (the backends pass sound CROWN).
@@ -87,11 +88,12 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         if not bool(open_.any()):
             continue
         lo, hi, rows, coef = lo[open_], hi[open_], rows[open_], coef[open_]
-        found = try_point((lo + hi) / 2)
-        if found is not None:
-            return BaBOutcome(False, counterexample=found, stats={"domains": visited})
         best_row = _deciding_row(rows, clause_of_row, K)  # it decides the split
         a = coef.to(lo.device)[torch.arange(lo.shape[0]), best_row]
+        # candidates: each open domain's centre and the minimiser of its deciding row's linear bound
+        found = try_point(torch.cat([(lo + hi) / 2, torch.where(a >= 0, lo, hi)]))
+        if found is not None:
+            return BaBOutcome(False, counterexample=found, stats={"domains": visited})
         width = hi - lo
         score = (a.abs() * width).flatten(1) + 1e-12 * (width / full_width).flatten(1)  # ties: widest
         dim = score.argmax(1)
