@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import time
 
 import torch
@@ -131,12 +130,10 @@ def main() -> None:
 
 def _lirpa(model, box, C, d, repeat):
     """auto_LiRPA's CROWN on the same graph and inputs: (median seconds, lower bounds of C f(x) - d)."""
-    from verifiers.lirpa import GraphModule, import_auto_lirpa
+    from verifiers.lirpa import bounded_box
 
-    lirpa = import_auto_lirpa()
-    lo, hi, C32 = box.lower.contiguous(), box.upper.contiguous(), C.float().contiguous()  # no expanded views
-    bm = lirpa.BoundedModule(GraphModule(model.graph), torch.zeros_like(lo))
-    bt = lirpa.BoundedTensor((lo + hi) / 2, lirpa.PerturbationLpNorm(norm=math.inf, x_L=lo, x_U=hi))
+    bm, bt = bounded_box(model.graph, box)
+    C32 = C.float().contiguous()
     run = lambda: bm.compute_bounds(x=(bt,), C=C32, method="CROWN", bound_upper=False)  # noqa: E731
     t = timeit(run, repeat, warmup=1)
     return t, run()[0].detach().double() - d

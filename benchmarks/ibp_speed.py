@@ -45,7 +45,7 @@ def main() -> None:
                                               args.repeat)
         peer = "-"
         if importlib.util.find_spec("auto_LiRPA") is not None:
-            peer = f"{_lirpa_ibp_time(model, box32, args.repeat) / t_fwd:.2f}"  # noqa: E501
+            peer = f"{_lirpa_ibp_time(model, box32, args.repeat) / t_fwd:.2f}"
         rows.append([path.name, args.batch, f"{t_fwd * 1e3:.3f}", f"{t_fast * 1e3:.3f}", f"{r_fast:.2f}",
                      f"{t_sound * 1e3:.3f}", f"{r_sound:.2f}", peer])
     print(markdown(rows, ["model", "batch", "forward ms", "IBP fp32 ms", "IBP fp32 / fwd", "IBP sound fp64 ms",
@@ -53,11 +53,9 @@ def main() -> None:
 
 
 def _lirpa_ibp_time(model, box: Box, repeat: int) -> float:
-    from verifiers.lirpa import GraphModule, import_auto_lirpa
+    from verifiers.lirpa import bounded_box
 
-    lirpa = import_auto_lirpa()
-    bm = lirpa.BoundedModule(GraphModule(model.graph), torch.zeros_like(box.center))
-    bt = lirpa.BoundedTensor(box.center, lirpa.PerturbationLpNorm(x_L=box.lower, x_U=box.upper))
+    bm, bt = bounded_box(model.graph, box)
     return timeit(lambda: bm.compute_bounds(x=(bt,), method="IBP"), repeat)
 
 

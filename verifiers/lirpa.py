@@ -6,8 +6,8 @@ used): ``numpy.lib.arraysetops`` (numpy 2), ``torch.onnx.utils._optimize_graph``
 ``_set_opset_version`` (torch 2's TorchScript exporter moved them), and ``torch._C.Node.__getitem__``
 (attribute access by kind, which old torch.onnx installed). Install it beside certify with
 ``pip install --no-deps auto_LiRPA==0.3 appdirs`` (``--no-deps`` keeps pip from replacing torch), or a
-current release from its repository. auto_LiRPA computes its bounds in plain floating point, without the rounding-error accounting that
-lets our engine claim *proved*; so this backend reports its bounds but answers UNKNOWN with the reason
+current release from its repository. auto_LiRPA computes its bounds in plain floating point, without the
+rounding-error accounting that lets our engine claim *proved*; so this backend reports its bounds but answers UNKNOWN with the reason
 ``reference only`` rather than PROVED. Use it to compare bounds and time, not to certify.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from certify.budget import Budget
 from certify.graph import Graph
 from certify.models import Model
 from certify.results import Guarantee, Result, Verdict
-from certify.sets import LpBall
+from certify.sets import Box, LpBall
 from certify.spec import Property, Spec
 
 
@@ -72,6 +72,16 @@ def import_auto_lirpa():
     import auto_LiRPA
 
     return auto_LiRPA
+
+
+def bounded_box(graph: Graph, box: Box):
+    """auto_LiRPA's ``(BoundedModule, BoundedTensor)`` for ``graph`` over an input box (float32; expanded
+    views made contiguous, which its concretisation needs)."""
+    lirpa = import_auto_lirpa()
+    lo, hi = box.lower.float().contiguous(), box.upper.float().contiguous()
+    module = lirpa.BoundedModule(GraphModule(graph), torch.zeros_like(lo))
+    ptb = lirpa.PerturbationLpNorm(norm=math.inf, x_L=lo, x_U=hi)
+    return module, lirpa.BoundedTensor((lo + hi) / 2, ptb)
 
 
 def lirpa_lower(model: Model, spec: Spec, options: LirpaOptions = LirpaOptions()) -> torch.Tensor:
