@@ -20,12 +20,14 @@ from .spec import Property
 AUTO_CHAIN = ("pgd", "ibp", "crown", "alpha-crown", "bab")
 
 
-def _options_for(verifier, device: str, attack: bool, chained: bool) -> Any:
+def _options_for(verifier, device: str, attack: bool, chained: bool, memory_mb: float | None = None) -> Any:
     opts = verifier.Options()
     fields = {f.name for f in dataclasses.fields(opts)}
-    changes = {}
+    changes: dict[str, Any] = {}
     if "device" in fields:
         changes["device"] = device
+    if "memory_mb" in fields and memory_mb is not None:
+        changes["memory_mb"] = float(memory_mb)
     if "attack_options" in fields:
         changes["attack_options"] = dataclasses.replace(opts.attack_options, device=device)
     if "attack" in fields:
@@ -48,15 +50,19 @@ def _run(verifier, model: Model, prop: Property, options: Any, budget: Budget) -
 
 
 def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float | None = None,
-           device: str = "cpu", attack: bool = True, options: Any = None) -> Result:
-    """Decide ``prop`` on ``model`` with one backend, or the ``auto`` chain."""
+           device: str = "cpu", attack: bool = True, memory_mb: float | None = None, options: Any = None) -> Result:
+    """Decide ``prop`` on ``model`` with one backend, or the ``auto`` chain. ``memory_mb`` caps the
+    memory of backends that store a growing search (branch-and-bound's open domains); None: their default."""
     check_spec_fits(model, prop.n_inputs, prop.n_outputs, prop.source or prop.name)
     if timeout is not None and not timeout >= 0:  # also rejects NaN
         raise CertifyError(f"timeout must be a non-negative number of seconds, got {timeout}")
+    if memory_mb is not None and not memory_mb > 0:
+        raise CertifyError(f"memory limit must be a positive number of MiB, got {memory_mb}")
     budget = Budget(math.inf if timeout is None else float(timeout))
     if method != "auto":
         verifier = registry.get(method)
-        opts = options if options is not None else _options_for(verifier, device, attack, chained=False)
+        opts = options if options is not None else _options_for(verifier, device, attack, chained=False,
+                                                                   memory_mb=memory_mb)
         return _run(verifier, model, prop, opts, budget)
     t0 = time.perf_counter()
     steps: list[tuple[str, float, str]] = []
@@ -67,7 +73,8 @@ def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float
         verifier = registry.get(name)
         if last is not None and verifier.supports(model, prop):
             continue  # e.g. input splitting on a high-dimensional property: keep the last answer
-        last = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True), budget)
+        last = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True, memory_mb=memory_mb),
+                    budget)
         steps.append((name, last.time_s, last.verdict.value))
         if last.verdict is not Verdict.UNKNOWN or budget.expired():
             break

@@ -75,6 +75,10 @@ def _version() -> str:
         return "0+unknown"
 
 
+MEMORY_HELP = ("memory cap in MiB for branch-and-bound's open domains (default 4096); past it the "
+               "property is unknown with the reason, never a crash")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="certify",
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per property (default: 300)")
     m.add_argument("--device", default="cpu", help="torch device for bound computation, e.g. cpu or cuda")
     m.add_argument("--no-attack", action="store_true", help="skip the PGD falsifier")
+    m.add_argument("--memory-limit", type=float, metavar="MIB", help=MEMORY_HELP)
     ld = v.add_argument_group("model loading")
     ld.add_argument("--arch", metavar="MODULE:CLASS", help="architecture class for a state-dict checkpoint")
     ld.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch, e.g. 1,28,28 "
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="auto", help="auto (default) or one backend; see 'certify backends'")
     s.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
     s.add_argument("--device", default="cpu", help="torch device for bound computation")
+    s.add_argument("--memory-limit", type=float, metavar="MIB", help=MEMORY_HELP)
     s.add_argument("--every", type=int, default=1, metavar="K", help="run every K-th instance only (a quick sample)")
     s.add_argument("--csv", metavar="FILE", help="write per-instance rows (answer, expected, time, ...) as CSV, "
                                                  "each as soon as it is known")
@@ -254,6 +260,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _check_memory_limit(value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise CertifyError(f"--memory-limit: expected a positive number of MiB, got {value}")
+
+
 def cmd_verify(args) -> int:
     import torch
 
@@ -268,6 +279,7 @@ def cmd_verify(args) -> int:
         raise _Usage("give either VNN-LIB files or --data, not both")
     if not args.timeout >= 0:  # negative or nan; checked here to name the flag and fail before loading anything
         raise CertifyError(f"--timeout: expected a non-negative number of seconds, got {args.timeout}")
+    _check_memory_limit(args.memory_limit)
     for flag, target in (("--out", args.out), ("--vnncomp-result", args.vnncomp_result)):
         if target and not Path(target).resolve().parent.is_dir():  # fail before the work, not after
             raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
@@ -300,7 +312,8 @@ def cmd_verify(args) -> int:
     results = []
     t0 = time.perf_counter()
     for prop in props:
-        r = api.verify(model, prop, args.method, timeout=args.timeout, device=args.device, attack=not args.no_attack)
+        r = api.verify(model, prop, args.method, timeout=args.timeout, device=args.device, attack=not args.no_attack,
+                       memory_mb=args.memory_limit)
         results.append(r)
         if args.json:
             print(json.dumps({"source": prop.source, **r.to_dict()}), flush=True)
@@ -369,6 +382,7 @@ def cmd_bench(args) -> int:
         raise CertifyError(f"--timeout: expected a non-negative number of seconds, got {args.timeout}")
     if args.every < 1:
         raise _Usage(f"--every: expected a positive integer, got {args.every}")
+    _check_memory_limit(args.memory_limit)
     for flag, target in (("--csv", args.csv), ("--markdown", args.markdown)):
         if target and not Path(target).resolve().parent.is_dir():
             raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
@@ -395,7 +409,8 @@ def cmd_bench(args) -> int:
             progress.update(1)
 
     try:
-        outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device, on_outcome=report)
+        outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device,
+                             memory_mb=args.memory_limit, on_outcome=report)
     finally:
         if progress is not None:
             progress.close()

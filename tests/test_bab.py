@@ -140,3 +140,38 @@ def test_relu_split_on_a_network_without_relus_decides_by_the_exact_bound():
     for delta, expect in ((-1e-3, Verdict.PROVED), (1e-3, Verdict.FALSIFIED)):
         prop = Property("lin", (Spec(box, (Clause(C, torch.tensor([[minimum + delta]], dtype=torch.float64)),)),))
         assert api.verify(model, prop, "bab", timeout=20, attack=False).verdict is expect
+
+
+@pytest.mark.parametrize("n_in, width, radius, cap_kib", [(3, 12, (0.8, 1.5), 0.25), (24, 16, (0.4, 0.6), 4)])
+def test_memory_cap_gives_unknown_and_bounds_the_domain_store(n_in, width, radius, cap_kib):
+    """A property just inside the exact minimum needs many domains: with a cap of a few domains the search
+    stops with unknown (reason: memory cap), having never kept a store larger than the cap; with the
+    default cap the same property is proved and the reported peak is below the default."""
+    rng = np.random.default_rng(7)
+    net, layers = _net(rng, n_in, width)
+    model = from_module(net, (n_in,))
+    lo = rng.uniform(-1, 0, n_in)
+    hi = lo + rng.uniform(*radius, n_in)
+    c = rng.standard_normal(3)
+    minimum = exact_min(layers, (n_in,), lo, hi, c)
+    box = Box(torch.tensor(lo)[None], torch.tensor(hi)[None])
+    clause = Clause(torch.tensor(c)[None, None], torch.tensor([[minimum - 2e-3]]))
+    prop = Property("tight", (Spec(box, (clause,)),))
+    cap = cap_kib / 1024
+    small = api.verify(model, prop, "bab", timeout=60, attack=False, memory_mb=cap)
+    assert small.verdict is Verdict.UNKNOWN and "memory cap" in small.reason, (small.verdict, small.reason)
+    assert 0 < small.stats["peak_store_mb"] <= cap
+    full = api.verify(model, prop, "bab", timeout=60, attack=False)
+    assert full.verdict is Verdict.PROVED, full.reason
+    assert small.stats["peak_store_mb"] <= full.stats["peak_store_mb"] <= 4096
+
+
+def test_memory_limit_must_be_positive():
+    from certify.errors import CertifyError
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3)).eval()
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    prop = Property("p", (Spec(Box(x, x + 1), (Clause(torch.ones(1, 1, 3, dtype=torch.float64),
+                                                        torch.zeros(1, 1, dtype=torch.float64)),)),))
+    with pytest.raises(CertifyError, match="memory limit"):
+        api.verify(from_module(net, (2,)), prop, "bab", memory_mb=0)

@@ -594,6 +594,14 @@ def test_bad_timeout(capsys, timeout):
     assert_input_error(code, err, "--timeout", timeout)
 
 
+@pytest.mark.parametrize("command", ["verify", "bench"])
+@pytest.mark.parametrize("limit", ["0", "-5", "nan"])
+def test_bad_memory_limit(capsys, tmp_path, command, limit):
+    args = (ONNX, SPECS[0]) if command == "verify" else (tmp_path / "instances.csv",)
+    code, _, err = cli(capsys, command, *args, "--memory-limit", limit)
+    assert_input_error(code, err, "--memory-limit", limit)
+
+
 @pytest.mark.parametrize("flag", ["--out", "--vnncomp-result"])
 def test_output_in_missing_directory(capsys, tmp_path, flag):
     target = tmp_path / "no_such_dir" / "file.txt"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -16,7 +16,7 @@ from certify import replay
 from certify.bounding import BoundOptions
 from certify.budget import Budget
 from certify.engine.alpha import AlphaOptions, optimise_alphas
-from certify.engine.bab import BaBOutcome, InputSplitOptions, ReluSplitOptions, input_split, relu_split
+from certify.engine.bab import MEMORY_MB, BaBOutcome, InputSplitOptions, ReluSplitOptions, input_split, relu_split
 from certify.engine.crown import _as64, compute_boxes, crown_lower, sound_crown_lower
 from certify.engine.fp import FAST, SOUND, sound_context
 from certify.engine.rules import RULES
@@ -28,10 +28,11 @@ from verifiers.pgd import falsify
 
 @dataclass(frozen=True)
 class BaBOptions(BoundOptions):
-    """``split``: batch size and memory cap of input splitting, used up to ``max_inputs`` input
-    dimensions; above that ``relu``: ReLU splitting, from intermediate bounds tightened by alpha-CROWN
-    (``root_alpha``)."""
+    """``split``: batch size of input splitting, used up to ``max_inputs`` input dimensions; above that
+    ``relu``: ReLU splitting, from intermediate bounds tightened by alpha-CROWN (``root_alpha``).
+    ``memory_mb``: the memory cap (MiB) of the open-domain store, for both (it overrides theirs)."""
 
+    memory_mb: float = MEMORY_MB
     split: InputSplitOptions = field(default_factory=InputSplitOptions)
     max_inputs: int = 16
     relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
@@ -77,7 +78,8 @@ def _input_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget,
             rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev).cpu()
         return rows, coefficients["input"].double().cpu()
 
-    return input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget, options.split)
+    return input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget,
+                       replace(options.split, memory_mb=options.memory_mb))
 
 
 def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index: int):
@@ -102,7 +104,7 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
     fast = {k: Box(b.lower.float(), b.upper.float()) for k, b in sound.items()}
     return relu_split(model.graph, spec.input, C[:, keep], d[:, keep], clause_of_row, (sound, fast),
                       {k: v[:, keep.to(v.device)] for k, v in final.items()}, _candidates(model, spec, index),
-                      budget, options.relu, dev)
+                      budget, replace(options.relu, memory_mb=options.memory_mb), dev)
 
 
 class BaB:
@@ -137,13 +139,15 @@ class BaB:
             if cex is not None:
                 return Result(Verdict.FALSIFIED, "pgd", time.perf_counter() - t0, counterexample=cex,
                               property=prop.name, options=opts)
-        domains = 0
+        domains, peak = 0, 0.0
+        stats: dict = {"domains": 0}
         for index, spec in enumerate(prop.specs):
             spec = spec.reshape_input(model.input_shape)
             decide = _input_decide if prop.n_inputs <= options.max_inputs else _relu_decide
             outcome = decide(model, spec, options, budget, index)
             domains += outcome.stats.get("domains", 0)
-            stats = {"domains": domains}
+            peak = max(peak, outcome.stats.get("peak_store_mb", 0.0))
+            stats = {"domains": domains, "peak_store_mb": peak}
             if outcome.counterexample is not None:
                 return Result(Verdict.FALSIFIED, self.name, time.perf_counter() - t0, counterexample=outcome.counterexample,
                               property=prop.name, options=opts, stats=stats)
@@ -152,4 +156,4 @@ class BaB:
                 return Result(Verdict.UNKNOWN, self.name, time.perf_counter() - t0, reason=reason,
                               property=prop.name, options=opts, stats=stats)
         return Result(Verdict.PROVED, self.name, time.perf_counter() - t0, guarantee=Guarantee.SOUND,
-                      property=prop.name, options=opts, stats={"domains": domains})
+                      property=prop.name, options=opts, stats=stats)

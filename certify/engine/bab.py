@@ -32,12 +32,18 @@ from ..spec import clause_max
 Bound = Callable[[Box, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+#: Default memory cap of the open-domain store, in MiB.
+MEMORY_MB = 4096.0
+
+
 @dataclass(frozen=True)
 class InputSplitOptions:
-    """``batch`` domains bounded per pass; at most ``max_domains`` open at once (the memory cap)."""
+    """``batch`` domains bounded per pass; the open domains' tensors never take more than ``memory_mb``
+    MiB (the memory cap: the search stops with unknown rather than store more). The working memory of one
+    pass is fixed by ``batch`` and the network, not by the search."""
 
     batch: int = 256
-    max_domains: int = 100_000
+    memory_mb: float = MEMORY_MB
 
 
 @dataclass
@@ -48,14 +54,33 @@ class BaBOutcome:
     stats: dict = field(default_factory=dict)
 
 
-def _halt(budget: Budget, n_open: int, max_domains: int, visited: int) -> BaBOutcome | None:
-    """The search's stop rules: out of time, or more open domains than the memory cap allows."""
-    stats = {"domains": visited, "open": n_open}
-    if budget.expired():
-        return BaBOutcome(False, reason="timeout", stats=stats)
-    if n_open > max_domains:
-        return BaBOutcome(False, reason=f"memory cap: more than {max_domains} open domains", stats=stats)
-    return None
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _Store:
+    """Bookkeeping of the search's stop rules: domains visited, peak bytes of the open-domain store."""
+
+    def __init__(self, budget: Budget, memory_mb: float):
+        self.budget, self.cap, self.visited, self.peak = budget, int(memory_mb * 2**20), 0, 0
+
+    def stats(self, n_open: int) -> dict:
+        return {"domains": self.visited, "open": n_open, "peak_store_mb": round(self.peak / 2**20, 6)}
+
+    def halt(self, n_open: int) -> BaBOutcome | None:
+        """Out of time: unknown (timeout)."""
+        if self.budget.expired():
+            return BaBOutcome(False, reason="timeout", stats=self.stats(n_open))
+        return None
+
+    def admit(self, nbytes: int, n_open: int) -> BaBOutcome | None:
+        """A store of ``nbytes`` is about to be kept: unknown (memory cap) if it exceeds the cap."""
+        if nbytes > self.cap:
+            return BaBOutcome(False, reason=f"memory cap: {n_open} open domains would need "
+                              f"{nbytes / 2**20:.1f} MiB, more than the {self.cap / 2**20:g} MiB allowed",
+                              stats=self.stats(n_open))
+        self.peak = max(self.peak, nbytes)
+        return None
 
 
 def _deciding_row(rows: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor:
@@ -72,15 +97,15 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
     K = int(clause_of_row.max()) + 1
     lower, upper = box.lower, box.upper
     full_width = (box.upper - box.lower).clamp_min(1e-30)
-    visited = 0
+    store = _Store(budget, options.memory_mb)
     while lower.shape[0]:
-        halt = _halt(budget, lower.shape[0], options.max_domains, visited)
+        halt = store.halt(lower.shape[0])
         if halt is not None:
             return halt
         lo, hi = lower[: options.batch], upper[: options.batch]
         lower, upper = lower[options.batch:], upper[options.batch:]
         n = lo.shape[0]
-        visited += n
+        store.visited += n
         rows, coef = bound(Box(lo, hi), C.expand(n, -1, -1), d.expand(n, -1))
         rows = rows.to(lo.device)
         clause_lb = clause_max(rows, clause_of_row, K)
@@ -93,7 +118,7 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         # candidates: each open domain's centre and the minimiser of its deciding row's linear bound
         found = try_point(torch.cat([(lo + hi) / 2, torch.where(a >= 0, lo, hi)]))
         if found is not None:
-            return BaBOutcome(False, counterexample=found, stats={"domains": visited})
+            return BaBOutcome(False, counterexample=found, stats=store.stats(lower.shape[0]))
         width = hi - lo
         score = (a.abs() * width).flatten(1) + 1e-12 * (width / full_width).flatten(1)  # ties: widest
         dim = score.argmax(1)
@@ -102,9 +127,13 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         left_hi = flat_hi.scatter(1, dim[:, None], mid)
         right_lo = flat_lo.scatter(1, dim[:, None], mid)
         shape = lo.shape[1:]
+        n_open = lower.shape[0] + 2 * lo.shape[0]
+        full = store.admit(_nbytes([lower, upper]) + 4 * _nbytes([lo]), n_open)
+        if full is not None:
+            return full
         lower = torch.cat([lower, flat_lo.reshape(-1, *shape), right_lo.reshape(-1, *shape)])
         upper = torch.cat([upper, left_hi.reshape(-1, *shape), flat_hi.reshape(-1, *shape)])
-    return BaBOutcome(True, stats={"domains": visited})
+    return BaBOutcome(True, stats=store.stats(0))
 
 
 # --- ReLU splitting (beta-CROWN) ------------------------------------------------------------------
@@ -112,12 +141,12 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
 
 @dataclass(frozen=True)
 class ReluSplitOptions:
-    """``batch`` domains bounded per pass, at most ``max_domains`` open (the memory cap); ``iterations``
-    Adam steps on the slopes (alpha) and split multipliers (beta) of each batch, learning rates
-    ``lr_alpha`` and ``lr_beta``."""
+    """``batch`` domains bounded per pass, the open domains' tensors within ``memory_mb`` MiB (the
+    memory cap, as for input splitting); ``iterations`` Adam steps on the slopes (alpha) and split
+    multipliers (beta) of each batch, learning rates ``lr_alpha`` and ``lr_beta``."""
 
     batch: int = 128
-    max_domains: int = 20_000
+    memory_mb: float = MEMORY_MB
     iterations: int = 10
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
@@ -135,6 +164,9 @@ class _Domains:
 
     def __len__(self) -> int:
         return self.lower.shape[0]
+
+    def nbytes(self) -> int:
+        return _nbytes([*self.signs.values(), *self.alphas.values(), *self.betas.values(), self.lower])
 
     def take(self, n: int) -> tuple["_Domains", "_Domains"]:
         def cut(d, a, b):
@@ -206,14 +238,15 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
     betas0 = {k: torch.zeros(1, R, *fast_boxes[z].shape, device=dev) for k, z in relus.items()}
     queue = _Domains(zeros, {k: v.clone() for k, v in alphas0.items()}, betas0,
                      torch.full((1, R), -torch.inf, device=dev))
-    visited, exhausted = 0, 0
+    exhausted = 0
+    store = _Store(budget, options.memory_mb)
     while len(queue):
-        halt = _halt(budget, len(queue), options.max_domains, visited)
+        halt = store.halt(len(queue))
         if halt is not None:
             return halt
         batch, queue = queue.take(options.batch)
         n = len(batch)
-        visited += n
+        store.visited += n
         signs = batch.signs
         s_n = s32[torch.zeros(n, dtype=torch.long, device=dev)]  # the one input set, once per domain
         boxes = _clamped(fast_boxes, relus, signs, n)
@@ -269,7 +302,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         points = torch.where(A_x >= 0, box32.lower[0], box32.upper[0])
         found = try_points(points)
         if found is not None:
-            return BaBOutcome(False, counterexample=found, stats={"domains": visited})
+            return BaBOutcome(False, counterexample=found, stats=store.stats(len(queue)))
         # branching
         scores = []
         for k, z in relus.items():
@@ -289,6 +322,9 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         o, choice = o[splittable], choice[splittable]
         if not o.numel():
             continue
+        full = store.admit(queue.nbytes() + 2 * batch.nbytes() * o.numel() // n, len(queue) + 2 * o.numel())
+        if full is not None:
+            return full
         children = []
         for side in (1, -1):
             ch_signs, offset = {}, 0
@@ -305,5 +341,5 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                                      best[o]))
         queue = _Domains.cat([queue, *children])
     if exhausted:
-        return BaBOutcome(False, reason=f"{exhausted} domains with every ReLU split stayed open", stats={"domains": visited})
-    return BaBOutcome(True, stats={"domains": visited})
+        return BaBOutcome(False, reason=f"{exhausted} domains with every ReLU split stayed open", stats=store.stats(0))
+    return BaBOutcome(True, stats=store.stats(0))
