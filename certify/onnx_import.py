@@ -214,7 +214,10 @@ class _Importer:
             output=out,
             output_shape=self.shape[out][1:],
             meta={"source": self.source, "onnx_input_shape": self.shape[self.input.name],
-                  "batch_added": self.batch_added, "opset": self.opset},
+                  "batch_added": self.batch_added, "opset": self.opset,
+                  # the precision the file's runtime computes in (the graph's own parameters are float64)
+                  "runtime_dtype": {onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16"}.get(
+                      self.input.type.tensor_type.elem_type, "float32")},
         )
 
     def shape_of(self, node: onnx.NodeProto) -> None:

@@ -39,6 +39,15 @@ def mnist_fc() -> Path:
     return shared_dir("mnist_fc")
 
 
+@pytest.fixture
+def exact_margin():
+    """``exact_margin(model, spec) -> float``: the exact worst-case margin of a small network on a
+    single-instance spec (positive iff it holds), from MILP and confirmed by z3 (``oracles.exact``)."""
+    from oracles.exact import exact_margin as margin
+
+    return margin
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -6,5 +6,7 @@ BUILTIN = {
     "crown": "verifiers.crown:CROWN",
     "alpha-crown": "verifiers.alpha_crown:AlphaCROWN",
     "bab": "verifiers.bab:BaB",
+    "milp": "verifiers.milp:MILP",
+    "smt": "verifiers.smt:SMT",
     "lirpa": "verifiers.lirpa:Lirpa",
 }

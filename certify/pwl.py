@@ -1,0 +1,427 @@
+"""Piecewise-linear programs: the exact lowering of a network that the ``smt`` and ``milp`` backends solve.
+
+``lower(graph, input_set)`` turns a network of affine ops (Linear/Gemm, Conv2d, folded BatchNorm and
+other scale-and-shift, AvgPool, Add, Sub, reshapes, transposes, concatenation), ReLU, LeakyReLU and
+MaxPool into a ``Program`` over real variables:
+
+* every input entry is a variable, boxed by the input set's bounds;
+* every output of an affine op that is not a plain copy is a variable ``v`` with one equality
+  ``v - sum_i L_ri v_i = b_r``; the coefficients ``L`` are the stored weights themselves (each
+  tensor is a vector of single variables or constants, so no products of matrices are formed and
+  nothing is rounded);
+* a ReLU (or LeakyReLU with slope ``a`` in [0, 1)) whose input box ``[l, u]`` from the engine lies on one
+  side of zero is that side's linear piece (no variable for ReLU's inactive side at all: the constant
+  0); only the *unstable* ones (``l < 0 < u``) become a ``ReluGroup``: a new variable ``y = max(z, a z)``
+  that the solver must branch on;
+* a max-pool output becomes a copy when one candidate's lower bound beats every other candidate's
+  upper bound; otherwise a ``MaxGroup`` ``y = max_i z_i`` over the candidates that can win.
+
+The boxes are the engine's sound float64 bounds (IBP tightened by CROWN) of the exact real network,
+which is what makes the big-M constants and the stable-neuron decisions valid.
+
+Two error bounds are carried to the outputs (``Program.err_lin`` and ``err_const``, per output, absolute):
+
+* representation: where the importer folded constants (BatchNorm into a scale and shift; ``rel_err``
+  and ``abs_err`` of a node, see ``certify.engine.fp``) the encoded network differs from the stored
+  one by at most ``rel_err |L||x| + abs_err`` per node (plus ``2 u64 |L||x|`` for coefficients such
+  as an average's ``1/k`` that float64 rounds), propagated through later layers by ``|L|`` and
+  through ReLU, LeakyReLU and max by their Lipschitz constants (1; 0 for a ReLU whose input stays
+  negative even with the error added, which outputs exactly 0 in every evaluation);
+* evaluation: the reference runtime computes in the model's precision (float32): an affine output
+  with ``k`` terms is off by at most ``gamma_{k+4} (|L| (|x| + e) + |b|)`` (``gamma_n = n u / (1 - n u)``:
+  Higham's a-priori bound for any summation order, with or without FMA; the ``+4`` leaves room for
+  an unfolded BatchNorm's subtract, divide, multiply and add), plus ``|L| e`` for the error ``e``
+  already in ``x``; ReLU and max are exact (a max-pool's error is bounded by the sum over its window),
+  LeakyReLU's product adds one rounding. The bound is kept as a *linear function of the program's
+  variables*: where a tensor is known non-negative (ReLU outputs) ``|x| = x`` is the variable itself,
+  elsewhere ``|x|`` is bounded by the box. So the margin is small where activations are small, rather
+  than the worst case over the whole input set.
+
+A clause whose rows ``C_j y <= d_j + sum_k |C_jk| error_k(v)`` are infeasible is unreachable by the
+stored network in exact arithmetic *and* by its float evaluation; that is the margin behind a
+*proved* answer of the exact backends.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from .errors import CertifyError
+from .graph import Graph, Node
+from .sets import Box, InputSet
+
+#: The ops the exact encodings handle.
+EXACT_OPS = ("linear", "conv2d", "affine", "avgpool2d", "add", "sub", "reshape", "transpose", "concat",
+             "identity", "relu", "leaky_relu", "maxpool2d")
+
+
+class UnsupportedOp(CertifyError):
+    """An op the exact encodings cannot express; the message names the op, the node and a backend that can."""
+
+
+@dataclass
+class ReluGroup:
+    """``y = max(z, slope * z)`` on the variables ``z`` (input) and ``y`` (output), ``l < 0 < u`` bounds of z."""
+
+    z: np.ndarray
+    y: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    slope: float = 0.0
+
+
+@dataclass
+class MaxGroup:
+    """``y = max_i z_i`` over candidate variables ``z`` with bounds ``[lower_i, upper_i]``."""
+
+    y: int
+    z: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class Program:
+    """Variables ``0 .. n_vars-1`` with bounds ``[lo, hi]`` (the first ``n_inputs`` are the input),
+    equalities ``eq @ v = eq_rhs``, the groups, and the output: ``y_k = v[out_var[k]]`` where
+    ``out_var[k] >= 0``, else the constant ``out_const[k]``. The error bound of output ``k`` is
+    ``err_lin[k] @ v + err_const[k]`` (``err_lin >= 0``; see the module docstring)."""
+
+    n_inputs: int
+    lo: np.ndarray
+    hi: np.ndarray
+    eq: sparse.csr_matrix
+    eq_rhs: np.ndarray
+    relus: list[ReluGroup]
+    maxes: list[MaxGroup]
+    out_var: np.ndarray
+    out_const: np.ndarray
+    err_lin: sparse.csr_matrix
+    err_const: np.ndarray
+    input_set: InputSet
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_vars(self) -> int:
+        return self.lo.shape[0]
+
+    def output_rows(self, C: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """``C y`` as ``A v + a``: rows ``[R, n_vars]`` and constants ``[R]`` for ``C [R, n_out]``."""
+        var = self.out_var >= 0
+        A = sparse.csr_matrix((C[:, var].ravel(), (np.repeat(np.arange(C.shape[0]), var.sum()),
+                                                   np.tile(self.out_var[var], C.shape[0]))),
+                              shape=(C.shape[0], self.n_vars))
+        return A, C[:, ~var] @ self.out_const[~var]
+
+    def margin(self, C: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """Per row ``j`` the margin ``sum_k |C_jk| error_k`` as ``M_j @ v + m0_j`` (``M >= 0``), enlarged by
+        ``1e-9`` relative to cover the float64 rounding of the error computation itself."""
+        absC = sparse.csr_matrix(np.abs(C))
+        M = (absC @ self.err_lin).tocsr() * (1 + 1e-9)
+        m0 = (absC @ self.err_const) * (1 + 1e-9) + 1e-300
+        return M, m0
+
+    def margin_bound(self, C: np.ndarray) -> np.ndarray:
+        """A constant upper bound of each row's margin over the variables' boxes."""
+        M, m0 = self.margin(C)
+        return M @ np.where(np.isfinite(self.hi), self.hi, np.inf) + m0
+
+
+def unsupported_reason(graph: Graph) -> str | None:
+    """Why the exact encodings cannot express ``graph`` (the first offending op and node), or None."""
+    for node in graph.nodes:
+        if node.op not in EXACT_OPS:
+            return (f"op {node.op!r} (node {node.name!r}) is not piecewise linear, so the exact encodings cannot "
+                    f"express it; use crown, alpha-crown or bab (input splitting) for such networks")
+        if node.op == "leaky_relu" and not 0.0 <= float(node.params["alpha"]) < 1.0:
+            return f"leaky_relu with slope {float(node.params['alpha'])} (node {node.name!r}): only slopes in [0, 1)"
+    return None
+
+
+def _gamma(n: np.ndarray, u: float) -> np.ndarray:
+    nu = n * u
+    if float(np.max(nu, initial=0.0)) >= 0.5:
+        raise CertifyError("dot product too long for an a-priori rounding bound")
+    return nu / (1 - nu)
+
+
+def _linear_maps(node: Node, in_shapes: list[tuple[int, ...]], chunk: int = 512):
+    """``(L_i sparse [n_out, n_in_i] per input, bias [n_out])`` of an affine op, from its transpose
+    applied to unit rows (each entry is one stored coefficient: no rounding for dense and conv layers)."""
+    from .engine.rules import RULES
+
+    rule = RULES[node.op]
+    n_out = math.prod(node.shape)
+    blocks: list[list[sparse.csr_matrix]] = [[] for _ in in_shapes]
+    for start in range(0, n_out, chunk):
+        rows = min(chunk, n_out - start)
+        A = torch.zeros(rows, n_out, dtype=torch.float64)
+        A[torch.arange(rows), torch.arange(start, start + rows)] = 1.0
+        parts = rule.transpose(node.params, A.reshape(rows, *node.shape), in_shapes)
+        for i, part in enumerate(parts):
+            blocks[i].append(sparse.csr_matrix(part.reshape(rows, -1).numpy()))
+    zeros = [torch.zeros(1, *s, dtype=torch.float64) for s in in_shapes]
+    bias = rule.forward(node.params, *zeros).reshape(-1).numpy().astype(np.float64)
+    return [sparse.vstack(b).tocsr() for b in blocks], bias
+
+
+def _pool_windows(node: Node, in_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Per max-pool output (flattened), the flat input indices of its window (padding excluded)."""
+    import torch.nn.functional as F
+
+    c, h, w = in_shape
+    idx = torch.arange(1, c * h * w + 1, dtype=torch.float64).reshape(1, c, h, w)
+    pre = node.params.get("pre_pad")
+    if pre is not None:
+        idx = F.pad(idx, pre, value=0.0)
+    if node.params.get("ceil_mode", False):
+        s = node.params["stride"]
+        idx = F.pad(idx, (0, s[1], 0, s[0]), value=0.0)
+    cols = F.unfold(idx.reshape(c, 1, *idx.shape[-2:]), node.params["kernel"], node.params["dilation"],
+                    node.params["padding"], node.params["stride"])  # [c, k*k, L]
+    _, oh, ow = node.shape
+    L_h = (idx.shape[-2] + 2 * node.params["padding"][0] - node.params["dilation"][0] * (node.params["kernel"][0] - 1) - 1) // node.params["stride"][0] + 1
+    L_w = cols.shape[-1] // L_h
+    cols = cols.reshape(c, -1, L_h, L_w)[:, :, :oh, :ow]
+    out = []
+    for ch in range(c):
+        for i in range(oh):
+            for j in range(ow):
+                window = cols[ch, :, i, j]
+                out.append(window[window > 0].long().numpy() - 1)
+    return out
+
+
+class _Builder:
+    def __init__(self):
+        self.lo: list[np.ndarray] = []
+        self.hi: list[np.ndarray] = []
+        self.n = 0
+        self.eq_blocks: list[sparse.csr_matrix] = []
+        self.eq_rhs: list[np.ndarray] = []
+
+    def new(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        idx = np.arange(self.n, self.n + lo.size)
+        self.lo.append(np.asarray(lo, dtype=np.float64).ravel())
+        self.hi.append(np.asarray(hi, dtype=np.float64).ravel())
+        self.n += lo.size
+        return idx
+
+    def equal(self, out: np.ndarray, coef: sparse.csr_matrix, cols: np.ndarray, rhs: np.ndarray) -> None:
+        """``v[out_r] - sum_c coef[r, c] v[cols[c]] = rhs_r``."""
+        coef = coef.tocoo()
+        rows = np.concatenate([np.arange(out.size), coef.row])
+        vcols = np.concatenate([out, cols[coef.col]])
+        vals = np.concatenate([np.ones(out.size), -coef.data])
+        self.eq_blocks.append((rows, vcols, vals, out.size))
+        self.eq_rhs.append(rhs)
+
+    def equalities(self) -> tuple[sparse.csr_matrix, np.ndarray]:
+        r, c, v, offset = [], [], [], 0
+        for rows, cols, vals, m in self.eq_blocks:
+            r.append(rows + offset)
+            c.append(cols)
+            v.append(vals)
+            offset += m
+        if not r:
+            return sparse.csr_matrix((0, self.n)), np.zeros(0)
+        eq = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(offset, self.n))
+        return eq, np.concatenate(self.eq_rhs)
+
+
+def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = None,
+          use_bounds: bool = True) -> Program:
+    """The ``Program`` of ``graph`` over the single-instance ``input_set`` (see the module docstring).
+    ``eval_dtype``: the precision of the reference runtime (default: the one the importer recorded in
+    ``graph.meta["runtime_dtype"]``, else float32).
+    ``use_bounds=False`` ignores the engine's bounds (every ReLU and max-pool stays a case split, no
+    variable bounds but the input's, infinite margins): an encoding that does not depend on the
+    engine, for SMT cross-checks of it (a MILP needs the bounds for its big-M constants)."""
+    from .engine.crown import compute_boxes
+    from .engine.fp import SOUND, sound_context, unit_roundoff
+    from .engine.rules import RULES
+
+    why = unsupported_reason(graph)
+    if why:
+        raise UnsupportedOp(why)
+    if input_set.batch_size != 1:
+        raise ValueError("lower takes a single-instance input set")
+    if eval_dtype is None:
+        eval_dtype = getattr(torch, str(graph.meta.get("runtime_dtype", "float32")))
+    u_eval = unit_roundoff(eval_dtype)
+    u64 = unit_roundoff(torch.float64)
+    g64 = graph.to(device="cpu", dtype=torch.float64)
+    s64 = input_set.reshape(graph.input_shape).to(device="cpu", dtype=torch.float64)
+    with sound_context():
+        boxes = compute_boxes(g64, s64, SOUND, refine=use_bounds)
+    if not use_bounds:
+        boxes = {k: (v if k == graph.input else Box(torch.full_like(v.lower, -math.inf), torch.full_like(v.upper, math.inf)))
+                 for k, v in boxes.items()}
+
+    b = _Builder()
+    box_in = s64.bounds()
+    n_in = graph.n_inputs
+    var: dict[str, np.ndarray] = {}  # per tensor, flat: variable index or -1 (constant)
+    const: dict[str, np.ndarray] = {}
+    sizes = {graph.input: n_in, **{n.output: math.prod(n.shape) for n in graph.nodes}}
+    V = n_in + sum(sizes[n.output] + (sizes[n.inputs[0]] if n.op == "maxpool2d" else 0) for n in graph.nodes)
+    E: dict[str, sparse.csr_matrix] = {}  # float evaluation error <= E @ v + e0 (E >= 0, [n, V])
+    e0: dict[str, np.ndarray] = {}
+    err_r: dict[str, np.ndarray] = {}  # representation error bound (encoded vs stored network)
+    var[graph.input] = b.new(box_in.lower.numpy().ravel(), box_in.upper.numpy().ravel())
+    const[graph.input] = np.zeros(n_in)
+    E[graph.input] = sparse.csr_matrix((n_in, V))
+    e0[graph.input] = np.zeros(n_in)
+    err_r[graph.input] = np.zeros(n_in)
+    shapes = {graph.input: graph.input_shape}
+
+    def var_hi() -> np.ndarray:
+        hi = np.full(V, np.inf)
+        hi[: b.n] = np.concatenate(b.hi)
+        return hi
+
+    def error_bound(name: str) -> np.ndarray:
+        """A constant upper bound of the float error of ``name`` over the variables' boxes."""
+        return E[name] @ var_hi() + e0[name] if E[name].nnz else e0[name]
+
+    def absolute(name: str) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """``|x_float| <= X @ v + x0``: the variable itself where ``x`` is non-negative (up to a tiny
+        negative lower bound, added twice), the box's magnitude elsewhere; plus ``x``'s own error."""
+        lo, hi = bounds(name)
+        z, c = var[name], const[name]
+        m = np.maximum(np.abs(lo), np.abs(hi))
+        lin = (z >= 0) & (lo >= -1e-6 * (1 + m))
+        rows = np.nonzero(lin)[0]
+        X = sparse.csr_matrix((np.ones(rows.size), (rows, z[rows])), shape=(z.size, V))
+        x0 = np.where(lin, 2 * np.maximum(0.0, -lo), np.where(z < 0, np.abs(c), m))
+        return X + E[name], x0 + e0[name]
+
+    def bounds(name: str) -> tuple[np.ndarray, np.ndarray]:
+        box: Box = boxes[name]
+        slack = err_r[name]
+        return box.lower.numpy().ravel() - slack, box.upper.numpy().ravel() + slack
+
+    def mag(name: str) -> np.ndarray:
+        lo, hi = bounds(name)
+        return np.maximum(np.abs(lo), np.abs(hi))
+
+    unstable = 0
+    relus: list[ReluGroup] = []
+    maxes: list[MaxGroup] = []
+    for node in g64.nodes:
+        rule = RULES[node.op]
+        out, n_out = node.output, math.prod(node.shape)
+        shapes[out] = node.shape
+        if rule.linear:
+            maps, bias = _linear_maps(node, [shapes[i] for i in node.inputs])
+            full = sparse.hstack(maps).tocsr()
+            cols = np.concatenate([var[i] for i in node.inputs])
+            consts = np.concatenate([const[i] for i in node.inputs])
+            is_var = cols >= 0
+            full.eliminate_zeros()
+            nnz = np.diff(full.indptr)
+            first = np.zeros(n_out)
+            first[nnz > 0] = full.data[full.indptr[:-1][nnz > 0]]
+            copy = (nnz == 1) & (first == 1.0) & (bias == 0)
+            absL = abs(full)
+            e_r = absL @ np.concatenate([err_r[i] for i in node.inputs])
+            m_in = absL @ np.concatenate([mag(i) for i in node.inputs])
+            g = np.where(copy, 0.0, _gamma(nnz + 4.0, u_eval))
+            E_in = sparse.vstack([E[i] for i in node.inputs]).tocsr()
+            parts = [absolute(i) for i in node.inputs]
+            X_in = sparse.vstack([p[0] for p in parts]).tocsr()
+            x0_in = np.concatenate([p[1] for p in parts])
+            G = sparse.diags(g, format="csr")
+            E[out] = (absL @ E_in + G @ (absL @ X_in)).tocsr()
+            with np.errstate(invalid="ignore"):  # 0 * inf on copies without engine bounds: no error
+                rounding = np.where(g > 0, g * (absL @ x0_in + np.abs(bias)), 0.0)
+            e0[out] = absL @ np.concatenate([e0[i] for i in node.inputs]) + rounding
+            rel = float(np.max(np.asarray(node.params.get("rel_err", 0.0)))) if "rel_err" in node.params else 0.0
+            abs_err = node.params.get("abs_err")
+            abs_err = (torch.as_tensor(abs_err, dtype=torch.float64).expand(1, *node.shape).reshape(-1).numpy()
+                       if abs_err is not None else 0.0)
+            e_r = e_r + np.where(copy, 0.0, (rel + 2 * u64) * m_in + abs_err)
+            err_r[out] = e_r
+            if bool(copy.all()):  # moves only: the output is the inputs' variables, permuted
+                src = full.indices[full.indptr[:-1]]
+                var[out], const[out] = cols[src], consts[src]
+                continue
+            lo, hi = bounds(out)
+            v = b.new(lo, hi)
+            rhs = bias + (full[:, ~is_var] @ consts[~is_var] if (~is_var).any() else 0.0)
+            b.equal(v, full[:, is_var], cols[is_var], rhs)
+            var[out], const[out] = v, np.zeros(n_out)
+        elif node.op in ("relu", "leaky_relu"):
+            a = float(node.params["alpha"]) if node.op == "leaky_relu" else 0.0
+            src = node.inputs[0]
+            z, c = var[src], const[src]
+            lo, hi = bounds(src)
+            v, k = z.copy(), c.copy()
+            is_c = z < 0
+            k[is_c] = np.maximum(c[is_c], a * c[is_c])
+            active = ~is_c & (lo >= 0)
+            inactive = ~is_c & (hi <= 0)
+            mixed = ~is_c & ~active & ~inactive
+            if a == 0.0:
+                v[inactive], k[inactive] = -1, 0.0
+            elif inactive.any():  # y = a z: one scaled copy per neuron
+                idx = np.nonzero(inactive)[0]
+                y = b.new(a * lo[idx], a * hi[idx])
+                b.equal(y, sparse.diags(np.full(idx.size, a), format="csr"), z[idx], np.zeros(idx.size))
+                v[idx] = y
+            if mixed.any():
+                idx = np.nonzero(mixed)[0]
+                y = b.new(a * lo[idx] if a > 0 else np.zeros(idx.size), hi[idx])
+                relus.append(ReluGroup(z[idx], y, lo[idx], hi[idx], a))
+                v[idx] = y
+                unstable += idx.size
+            var[out], const[out] = v, k
+            # errors pass at most 1:1 (slope a on the negative side); where the computed value cannot
+            # leave the negative side (hi + error < 0) ReLU outputs exactly 0 in every evaluation
+            dead = hi + error_bound(src) < 0
+            keep = np.where(dead, a, 1.0)
+            E[out] = (sparse.diags(keep, format="csr") @ E[src]).tocsr()
+            e0[out] = keep * e0[src] + (2 * u_eval * a * (mag(src) + error_bound(src)) if a else 0.0)
+            err_r[out] = np.where(hi + err_r[src] < 0, a, 1.0) * err_r[src]
+        elif node.op == "maxpool2d":
+            src = node.inputs[0]
+            windows = _pool_windows(node, shapes[src])
+            z, c = var[src], const[src]
+            lo, hi = bounds(src)
+            v, k = np.full(n_out, -1), np.zeros(n_out)
+            e_r = np.zeros(n_out)
+            S = sparse.csr_matrix((np.ones(sum(w.size for w in windows)),
+                                   (np.repeat(np.arange(n_out), [w.size for w in windows]), np.concatenate(windows))),
+                                  shape=(n_out, sizes[src]))
+            E[out], e0[out] = (S @ E[src]).tocsr(), S @ e0[src]  # the sum over the window bounds the max
+            for o, w in enumerate(windows):
+                e_r[o] = err_r[src][w].max()
+                w = w[hi[w] >= lo[w].max()]  # the candidates that can be the maximum
+                if w.size == 1:
+                    v[o], k[o] = z[w[0]], c[w[0]]
+                    continue
+                if (z[w] < 0).all():
+                    k[o] = float(c[w].max())
+                    continue
+                if (z[w] < 0).any():  # constants among the candidates: variables fixed to their values
+                    fixed = w[z[w] < 0]
+                    z = z.copy()
+                    z[fixed] = b.new(c[fixed], c[fixed])
+                    var[src] = z
+                y = int(b.new(np.array([lo[w].max()]), np.array([hi[w].max()]))[0])
+                maxes.append(MaxGroup(y, z[w].copy(), lo[w].copy(), hi[w].copy()))
+                v[o] = y
+                unstable += 1
+            var[out], const[out], err_r[out] = v, k, e_r
+        else:  # unsupported_reason has ruled this out
+            raise UnsupportedOp(f"op {node.op!r} (node {node.name!r})")
+
+    eq, eq_rhs = b.equalities()
+    out = graph.output
+    return Program(n_in, np.concatenate(b.lo), np.concatenate(b.hi), eq, eq_rhs, relus, maxes,
+                   var[out].astype(np.int64), const[out], E[out][:, : b.n].tocsr(), e0[out] + err_r[out], s64,
+                   stats={"variables": b.n, "unstable": unstable, "equalities": eq.shape[0]})

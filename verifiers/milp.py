@@ -1,0 +1,192 @@
+"""Exact backend: the network's piecewise-linear program (``certify.pwl``) as a mixed-integer linear
+program, solved by HiGHS through ``scipy.optimize.milp``.
+
+Encoding (Tjeng, Xiao and Tedrake 2019, big-M with the engine's sound bounds): the program's
+variables and equalities; for every unstable ``y = max(z, a z)`` with ``l < 0 < u`` one binary
+``delta`` (1: active) and
+
+    y >= z,   y >= a z,   y <= z + (a - 1) l (1 - delta),   y <= a z + (1 - a) u delta,
+
+which forces ``y = z, z >= 0`` at ``delta = 1`` and ``y = a z, z <= 0`` at ``delta = 0``; for every
+``y = max_i z_i`` one binary per candidate, ``sum_i delta_i = 1``, ``y >= z_i`` and
+``y <= z_i + (max_j u_j - l_i) (1 - delta_i)``. An L1 ball adds ``t_i >= |x_i - c_i|``,
+``sum t_i <= eps``; an L-inf ball or a box is the input variables' bounds. L2 balls need a quadratic
+constraint: use ``smt``.
+
+A clause ``C y <= d`` is decided by minimising ``t`` subject to ``C_j y - d_j <= t`` for its rows (the
+clause's worst-case margin), with ``t <= tol`` where only feasibility matters. HiGHS works to
+tolerances (feasibility and integrality ``1e-9``), so its answers are exact only up to them: a clause
+counts as unreachable only when HiGHS finds the enlarged clause infeasible with the margin
+``tol = tolerance * (1 + max |bound|)`` added on top of ``certify.pwl``'s rounding margin
+(``tolerance = 1e-6`` by default, three orders above what the solver's tolerances can move a
+big-M row). Every *falsified* answer is replayed, so a solver inaccuracy there is caught, not reported.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from certify.exact import SAT, UNKNOWN, UNSAT, Check, ExactOptions, ExactVerifier
+from certify.pwl import Program
+from certify.results import TIMEOUT
+from certify.sets import LpBall
+from certify.spec import Spec
+
+#: HiGHS options for exact answers (scipy forwards the tolerances verbatim, with a warning we silence).
+EXACT = {"mip_rel_gap": 0.0, "mip_abs_gap": 0.0, "primal_feasibility_tolerance": 1e-9,
+         "dual_feasibility_tolerance": 1e-9, "mip_feasibility_tolerance": 1e-9}
+
+
+@dataclass(frozen=True)
+class MILPOptions(ExactOptions):
+    """``tolerance``: relative allowance for HiGHS's tolerances (see the module docstring)."""
+
+    tolerance: float = 1e-6
+
+
+class _Rows:
+    def __init__(self, n: int):
+        self.n, self.r, self.c, self.v, self.lo, self.hi = n, [], [], [], [], []
+        self.m = 0
+
+    def add(self, cols: list[np.ndarray], vals: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> None:
+        """Rows ``lo <= sum_k vals[k] * v[cols[k]] <= hi``, one per entry of ``lo`` (vectorised over rows)."""
+        k = lo.size
+        rows = np.arange(self.m, self.m + k)
+        for col, val in zip(cols, vals):
+            col, val = np.broadcast_to(col, (k,)), np.broadcast_to(val, (k,))
+            self.r.append(rows)
+            self.c.append(col)
+            self.v.append(val)
+        self.lo.append(np.broadcast_to(lo, (k,)).astype(float))
+        self.hi.append(np.broadcast_to(hi, (k,)).astype(float))
+        self.m += k
+
+    def add_sum(self, cols: np.ndarray, lo: float, hi: float) -> None:
+        """One row ``lo <= sum v[cols] <= hi``."""
+        self.r.append(np.full(cols.size, self.m))
+        self.c.append(cols)
+        self.v.append(np.ones(cols.size))
+        self.lo.append(np.array([lo], dtype=float))
+        self.hi.append(np.array([hi], dtype=float))
+        self.m += 1
+
+    def matrix(self, n: int) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+        if not self.m:
+            return sparse.csr_matrix((0, n)), np.zeros(0), np.zeros(0)
+        A = sparse.csr_matrix((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c))),
+                              shape=(self.m, n))
+        return A, np.concatenate(self.lo), np.concatenate(self.hi)
+
+
+class MILPSolver:
+    """The program as a MILP over ``[v, binaries, L1 slacks, t]``."""
+
+    def __init__(self, program: Program, tolerance: float = 1e-6):
+        self.program = program
+        V = program.n_vars
+        n_bin = sum(g.z.size for g in program.relus) + sum(g.z.size for g in program.maxes)
+        ball = program.input_set if isinstance(program.input_set, LpBall) and program.input_set.p == 1 else None
+        n_l1 = program.n_inputs if ball is not None else 0
+        self.n = V + n_bin + n_l1 + 1
+        self.t = self.n - 1
+        lo = np.concatenate([program.lo, np.zeros(n_bin), np.zeros(n_l1), [-np.inf]])
+        hi = np.concatenate([program.hi, np.ones(n_bin), np.full(n_l1, np.inf), [np.inf]])
+        self.integrality = np.concatenate([np.zeros(V), np.ones(n_bin), np.zeros(n_l1), [0]])
+        rows = _Rows(self.n)
+        eq = program.eq.tocoo()
+        rows.r.append(eq.row)
+        rows.c.append(eq.col)
+        rows.v.append(eq.data)
+        rows.lo.append(program.eq_rhs)
+        rows.hi.append(program.eq_rhs)
+        rows.m += eq.shape[0]
+        nxt = V
+        for g in program.relus:
+            k = g.z.size
+            dl = np.arange(nxt, nxt + k)
+            nxt += k
+            a = g.slope
+            rows.add([g.y, g.z], [1.0, -1.0], np.zeros(k), np.full(k, np.inf))        # y >= z
+            if a:
+                rows.add([g.y, g.z], [1.0, -a], np.zeros(k), np.full(k, np.inf))     # y >= a z
+            rows.add([g.y, g.z, dl], [1.0, -1.0, (a - 1) * g.lower], np.full(k, -np.inf), (a - 1) * g.lower)
+            rows.add([g.y, g.z, dl], [1.0, -a, -(1 - a) * g.upper], np.full(k, -np.inf), np.zeros(k))
+        for g in program.maxes:
+            k = g.z.size
+            dl = np.arange(nxt, nxt + k)
+            nxt += k
+            top = g.upper.max()
+            rows.add([np.full(k, g.y), g.z], [1.0, -1.0], np.zeros(k), np.full(k, np.inf))
+            rows.add([np.full(k, g.y), g.z, dl], [1.0, -1.0, top - g.lower], np.full(k, -np.inf), top - g.lower)
+            rows.add_sum(dl, 1.0, 1.0)                                            # one winner
+        if ball is not None:
+            c = ball.center.reshape(-1).double().cpu().numpy()
+            x = np.arange(program.n_inputs)
+            tl = np.arange(nxt, nxt + n_l1)
+            rows.add([tl, x], [1.0, -1.0], -c, np.full(x.size, np.inf))   # t >= x - c
+            rows.add([tl, x], [1.0, 1.0], c, np.full(x.size, np.inf))     # t >= c - x
+            rows.add_sum(tl, -np.inf, float(ball.eps.reshape(-1)[0]))             # sum t <= eps
+        self.base = rows.matrix(self.n)
+        self.bounds = Bounds(lo, hi)
+        finite = np.concatenate([np.abs(program.lo), np.abs(program.hi)])
+        self.tol = tolerance * (1.0 + float(finite[np.isfinite(finite)].max(initial=0.0)))
+
+    def _solve(self, A: sparse.csr_matrix, a: np.ndarray, d: np.ndarray, time_limit: float, t_max: float,
+               exact: bool):
+        """min t s.t. base rows, ``A v + a - d <= t``, ``t <= t_max``."""
+        R = A.shape[0]
+        clause = sparse.hstack([A, sparse.csr_matrix((R, self.n - 1 - A.shape[1])),
+                                sparse.csr_matrix(-np.ones((R, 1)))]).tocsr()
+        base, blo, bhi = self.base
+        cons = [LinearConstraint(sparse.vstack([base, clause]).tocsr(),
+                                 np.concatenate([blo, np.full(R, -np.inf)]), np.concatenate([bhi, d - a]))]
+        lo, hi = self.bounds.lb.copy(), self.bounds.ub.copy()
+        hi[self.t] = t_max
+        cost = np.zeros(self.n)
+        cost[self.t] = 1.0
+        options = dict(EXACT) if exact else {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9}
+        if math.isfinite(time_limit):
+            options["time_limit"] = max(float(time_limit), 0.01)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return milp(cost, constraints=cons, integrality=self.integrality, bounds=Bounds(lo, hi), options=options)
+
+    def check(self, A, a, d, time_limit: float) -> Check:
+        res = self._solve(A, a, d, time_limit, self.tol, exact=False)
+        if res.status == 2:  # infeasible: even the enlarged clause (by tol) is unreachable
+            return Check(UNSAT)
+        if res.x is not None and res.status in (0, 1):
+            return Check(SAT, x=np.asarray(res.x[: self.program.n_vars]))
+        if res.status == 1:
+            return Check(UNKNOWN, reason=TIMEOUT)
+        return Check(UNKNOWN, reason=f"HiGHS: {res.message}")
+
+    def minimum(self, A, a, d, time_limit: float = math.inf) -> tuple[float, np.ndarray | None]:
+        """``min_x max_j (A_j v + a_j - d_j)`` to HiGHS's tolerances, and a minimiser (``nan`` on failure)."""
+        res = self._solve(A, a, d, time_limit, np.inf, exact=True)
+        if res.status != 0:
+            return math.nan, None
+        return float(res.fun), np.asarray(res.x[: self.program.n_vars])
+
+
+class MILP(ExactVerifier):
+    name: ClassVar[str] = "milp"
+    description: ClassVar[str] = ("exact on piecewise-linear networks: big-M mixed-integer program with the engine's "
+                                  "bounds, solved by HiGHS (exact to its tolerances, with a margin kept against them)")
+    requires: ClassVar[tuple[str, ...]] = ("scipy",)
+    Options: ClassVar[type] = MILPOptions
+
+    def build(self, program: Program, options) -> MILPSolver:
+        return MILPSolver(program, getattr(options, "tolerance", 1e-6))
+
+    def input_reason(self, spec: Spec) -> str | None:
+        if isinstance(spec.input, LpBall) and spec.input.p == 2:
+            return "an L2 ball needs a quadratic constraint, which a MILP cannot state; use smt (or crown for bounds)"
+        return None
