@@ -75,6 +75,7 @@ class ExactVerifier:
     complete: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]]
     Options: ClassVar[type] = ExactOptions
+    float_rounding: ClassVar[str] = "variables"  # how the program covers float evaluation (certify.pwl.lower)
 
     def build(self, program: Program, options: Any) -> Solver:
         raise NotImplementedError
@@ -110,7 +111,7 @@ class ExactVerifier:
             spec = spec.reshape_input(model.input_shape)
             for b in range(spec.batch_size):
                 one = spec[b]
-                program = lower(model.graph, one.input)
+                program = lower(model.graph, one.input, float_rounding=self.float_rounding)
                 stats["unstable"] = max(stats["unstable"], program.stats["unstable"])
                 solver = self.build(program, options)
                 for k, clause in enumerate(one.unsafe):

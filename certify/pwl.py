@@ -19,27 +19,32 @@ MaxPool into a ``Program`` over real variables:
 The boxes are the engine's sound float64 bounds (IBP tightened by CROWN) of the exact real network,
 which is what makes the big-M constants and the stable-neuron decisions valid.
 
-Two error bounds are carried to the outputs (``Program.err_lin`` and ``err_const``, per output, absolute):
+The program describes the network's *float evaluation* as well as its exact one. Every rounded affine
+output carries a rounding variable ``delta`` in its equality, ``v = sum_i L_ri v_i + b_r + delta_r``,
+bounded by
 
-* representation: where the importer folded constants (BatchNorm into a scale and shift; ``rel_err``
-  and ``abs_err`` of a node, see ``certify.engine.fp``) the encoded network differs from the stored
-  one by at most ``rel_err |L||x| + abs_err`` per node (plus ``2 u64 |L||x|`` for coefficients such
-  as an average's ``1/k`` that float64 rounds), propagated through later layers by ``|L|`` and
-  through ReLU, LeakyReLU and max by their Lipschitz constants (1; 0 for a ReLU whose input stays
-  negative even with the error added, which outputs exactly 0 in every evaluation);
-* evaluation: the reference runtime computes in the model's precision (float32): an affine output
-  with ``k`` terms is off by at most ``gamma_{k+4} (|L| (|x| + e) + |b|)`` (``gamma_n = n u / (1 - n u)``:
-  Higham's a-priori bound for any summation order, with or without FMA; the ``+4`` leaves room for
-  an unfolded BatchNorm's subtract, divide, multiply and add), plus ``|L| e`` for the error ``e``
-  already in ``x``; ReLU and max are exact (a max-pool's error is bounded by the sum over its window),
-  LeakyReLU's product adds one rounding. The bound is kept as a *linear function of the program's
-  variables*: where a tensor is known non-negative (ReLU outputs) ``|x| = x`` is the variable itself,
-  elsewhere ``|x|`` is bounded by the box. So the margin is small where activations are small, rather
-  than the worst case over the whole input set.
+    |delta_r| <= g_r (sum_i |L_ri| |v_i| + |b_r|),   g_r = gamma_{k_r + 4} in the runtime's precision,
 
-A clause whose rows ``C_j y <= d_j + sum_k |C_jk| error_k(v)`` are infeasible is unreachable by the
-stored network in exact arithmetic *and* by its float evaluation; that is the margin behind a
-*proved* answer of the exact backends.
+Higham's a-priori bound for a ``k_r``-term dot product in any summation order, with or without FMA
+(``gamma_n = n u / (1 - n u)``; the ``+4`` leaves room for an unfolded BatchNorm's subtract, divide,
+multiply and add). ``|v_i|`` is the variable itself where the tensor is known non-negative (ReLU
+outputs), so these are linear constraints; elsewhere the box's magnitude. ReLU and max-pooling are
+exact in floating point. ``delta = 0`` is the exact network on the stored weights, and every float
+evaluation of it (onnxruntime's, PyTorch's) is the program at some admissible ``delta``, so a clause
+the program cannot reach is reached neither in exact arithmetic nor by the float network. The engine's
+boxes bound the exact network; for the program's variables they are widened by an a-priori bound of
+the accumulated rounding (``|L|`` times the error before, plus the ``delta`` bound).
+
+(``lower(..., float_rounding="margin")`` leaves the rounding variables out and adds that a-priori bound
+to the constant margin instead: a smaller problem with a looser margin, which the SMT backend uses.)
+
+Left as a constant per output (``Program.err_const``, propagated by ``|L|`` and the activations'
+Lipschitz constants): the representation error of constants the importer folded (BatchNorm into a
+scale and shift; ``rel_err`` and ``abs_err`` of a node, see ``certify.engine.fp``; plus ``2 u64`` relative
+for coefficients such as an average's ``1/k`` that float64 rounds) and the rounding of LeakyReLU's
+product. A clause counts as unreachable only with the rows ``C_j y <= d_j + sum_k |C_jk| err_const_k``
+(the margin of ``Program.margin``) infeasible; that is the margin behind a *proved* answer of the
+exact backends.
 """
 from __future__ import annotations
 
@@ -87,20 +92,21 @@ class MaxGroup:
 @dataclass
 class Program:
     """Variables ``0 .. n_vars-1`` with bounds ``[lo, hi]`` (the first ``n_inputs`` are the input),
-    equalities ``eq @ v = eq_rhs``, the groups, and the output: ``y_k = v[out_var[k]]`` where
-    ``out_var[k] >= 0``, else the constant ``out_const[k]``. The error bound of output ``k`` is
-    ``err_lin[k] @ v + err_const[k]`` (``err_lin >= 0``; see the module docstring)."""
+    equalities ``eq @ v = eq_rhs``, inequalities ``ub @ v <= ub_rhs`` (the rounding bounds), the groups,
+    and the output: ``y_k = v[out_var[k]]`` where ``out_var[k] >= 0``, else the constant
+    ``out_const[k]``; ``err_const`` bounds what the program leaves out (see the module docstring)."""
 
     n_inputs: int
     lo: np.ndarray
     hi: np.ndarray
     eq: sparse.csr_matrix
     eq_rhs: np.ndarray
+    ub: sparse.csr_matrix
+    ub_rhs: np.ndarray
     relus: list[ReluGroup]
     maxes: list[MaxGroup]
     out_var: np.ndarray
     out_const: np.ndarray
-    err_lin: sparse.csr_matrix
     err_const: np.ndarray
     input_set: InputSet
     stats: dict = field(default_factory=dict)
@@ -118,12 +124,11 @@ class Program:
         return A, C[:, ~var] @ self.out_const[~var]
 
     def margin(self, C: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """Per row ``j`` the margin ``sum_k |C_jk| error_k`` as ``M_j @ v + m0_j`` (``M >= 0``), enlarged by
-        ``1e-9`` relative to cover the float64 rounding of the error computation itself."""
-        absC = sparse.csr_matrix(np.abs(C))
-        M = (absC @ self.err_lin).tocsr() * (1 + 1e-9)
-        m0 = (absC @ self.err_const) * (1 + 1e-9) + 1e-300
-        return M, m0
+        """Per row ``j`` the margin ``sum_k |C_jk| err_const_k`` as ``M_j @ v + m0_j`` (``M >= 0``; zero in
+        this encoding, whose rounding variables carry the float evaluation), enlarged by ``1e-9``
+        relative to cover the float64 rounding of the margin's own computation."""
+        m0 = (np.abs(C) @ self.err_const) * (1 + 1e-9) + 1e-300
+        return sparse.csr_matrix((C.shape[0], self.n_vars)), m0
 
     def margin_bound(self, C: np.ndarray) -> np.ndarray:
         """A constant upper bound of each row's margin over the variables' boxes."""
@@ -201,8 +206,10 @@ class _Builder:
         self.lo: list[np.ndarray] = []
         self.hi: list[np.ndarray] = []
         self.n = 0
-        self.eq_blocks: list[sparse.csr_matrix] = []
+        self.eq_blocks: list[tuple] = []
         self.eq_rhs: list[np.ndarray] = []
+        self.ub_blocks: list[tuple] = []
+        self.ub_rhs: list[np.ndarray] = []
 
     def new(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         idx = np.arange(self.n, self.n + lo.size)
@@ -220,27 +227,44 @@ class _Builder:
         self.eq_blocks.append((rows, vcols, vals, out.size))
         self.eq_rhs.append(rhs)
 
+    def upper(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, rhs: np.ndarray) -> None:
+        """Rows ``sum vals v[cols] <= rhs`` (triplets with rows local to this block)."""
+        self.ub_blocks.append((rows, cols, vals, rhs.size))
+        self.ub_rhs.append(rhs)
+
+    def inequalities(self) -> tuple[sparse.csr_matrix, np.ndarray]:
+        return self._stack(self.ub_blocks, self.ub_rhs)
+
     def equalities(self) -> tuple[sparse.csr_matrix, np.ndarray]:
+        return self._stack(self.eq_blocks, self.eq_rhs)
+
+    def _stack(self, blocks, rhs_blocks) -> tuple[sparse.csr_matrix, np.ndarray]:
         r, c, v, offset = [], [], [], 0
-        for rows, cols, vals, m in self.eq_blocks:
+        for rows, cols, vals, m in blocks:
             r.append(rows + offset)
             c.append(cols)
             v.append(vals)
             offset += m
         if not r:
             return sparse.csr_matrix((0, self.n)), np.zeros(0)
-        eq = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(offset, self.n))
-        return eq, np.concatenate(self.eq_rhs)
+        mat = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(offset, self.n))
+        return mat, np.concatenate(rhs_blocks)
 
 
 def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = None,
-          use_bounds: bool = True) -> Program:
+          use_bounds: bool = True, float_rounding: str = "variables") -> Program:
     """The ``Program`` of ``graph`` over the single-instance ``input_set`` (see the module docstring).
     ``eval_dtype``: the precision of the reference runtime (default: the one the importer recorded in
     ``graph.meta["runtime_dtype"]``, else float32).
     ``use_bounds=False`` ignores the engine's bounds (every ReLU and max-pool stays a case split, no
     variable bounds but the input's, infinite margins): an encoding that does not depend on the
-    engine, for SMT cross-checks of it (a MILP needs the bounds for its big-M constants)."""
+    engine, for SMT cross-checks of it (a MILP needs the bounds for its big-M constants).
+    ``float_rounding``: ``"variables"`` (rounding variables, see the module docstring), ``"margin"``
+    (none; instead the a-priori bound of the accumulated rounding joins the constant margin: looser,
+    but a smaller problem, which suits SMT) or ``"none"`` (the exact network alone: oracles)."""
+    if float_rounding not in ("variables", "margin", "none"):
+        raise ValueError(f"float_rounding: expected variables, margin or none, got {float_rounding!r}")
+    variables = float_rounding == "variables"
     from .engine.crown import compute_boxes
     from .engine.fp import SOUND, sound_context, unit_roundoff
     from .engine.rules import RULES
@@ -267,47 +291,34 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
     n_in = graph.n_inputs
     var: dict[str, np.ndarray] = {}  # per tensor, flat: variable index or -1 (constant)
     const: dict[str, np.ndarray] = {}
-    sizes = {graph.input: n_in, **{n.output: math.prod(n.shape) for n in graph.nodes}}
-    V = n_in + sum(sizes[n.output] + (sizes[n.inputs[0]] if n.op == "maxpool2d" else 0) for n in graph.nodes)
-    E: dict[str, sparse.csr_matrix] = {}  # float evaluation error <= E @ v + e0 (E >= 0, [n, V])
-    e0: dict[str, np.ndarray] = {}
-    err_r: dict[str, np.ndarray] = {}  # representation error bound (encoded vs stored network)
+    eub: dict[str, np.ndarray] = {}  # a-priori bound of |float - exact| (widens the engine's boxes)
+    err_r: dict[str, np.ndarray] = {}  # what the program leaves out (folded constants; LeakyReLU's product)
     var[graph.input] = b.new(box_in.lower.numpy().ravel(), box_in.upper.numpy().ravel())
     const[graph.input] = np.zeros(n_in)
-    E[graph.input] = sparse.csr_matrix((n_in, V))
-    e0[graph.input] = np.zeros(n_in)
+    eub[graph.input] = np.zeros(n_in)
     err_r[graph.input] = np.zeros(n_in)
     shapes = {graph.input: graph.input_shape}
 
-    def var_hi() -> np.ndarray:
-        hi = np.full(V, np.inf)
-        hi[: b.n] = np.concatenate(b.hi)
-        return hi
-
-    def error_bound(name: str) -> np.ndarray:
-        """A constant upper bound of the float error of ``name`` over the variables' boxes."""
-        return E[name] @ var_hi() + e0[name] if E[name].nnz else e0[name]
-
-    def absolute(name: str) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """``|x_float| <= X @ v + x0``: the variable itself where ``x`` is non-negative (up to a tiny
-        negative lower bound, added twice), the box's magnitude elsewhere; plus ``x``'s own error."""
-        lo, hi = bounds(name)
-        z, c = var[name], const[name]
-        m = np.maximum(np.abs(lo), np.abs(hi))
-        lin = (z >= 0) & (lo >= -1e-6 * (1 + m))
-        rows = np.nonzero(lin)[0]
-        X = sparse.csr_matrix((np.ones(rows.size), (rows, z[rows])), shape=(z.size, V))
-        x0 = np.where(lin, 2 * np.maximum(0.0, -lo), np.where(z < 0, np.abs(c), m))
-        return X + E[name], x0 + e0[name]
-
     def bounds(name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of the program's variables of ``name``: the exact network's box, widened."""
         box: Box = boxes[name]
-        slack = err_r[name]
+        slack = (eub[name] if variables else 0.0) + err_r[name]
         return box.lower.numpy().ravel() - slack, box.upper.numpy().ravel() + slack
 
     def mag(name: str) -> np.ndarray:
         lo, hi = bounds(name)
         return np.maximum(np.abs(lo), np.abs(hi))
+
+    def absolute(name: str) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """``|v| <= X @ v + x0``: the variable itself where it is non-negative (up to a tiny negative
+        lower bound, added twice), a constant's magnitude, or the box's magnitude elsewhere."""
+        lo, _ = bounds(name)
+        z, c = var[name], const[name]
+        m = mag(name)
+        lin = (z >= 0) & (lo >= -1e-6 * (1 + m))
+        rows = np.nonzero(lin)[0]
+        X = sparse.csr_matrix((np.ones(rows.size), (rows, z[rows])), shape=(z.size, b.n))
+        return X, np.where(lin, 2 * np.maximum(0.0, -lo), np.where(z < 0, np.abs(c), m))
 
     unstable = 0
     relus: list[ReluGroup] = []
@@ -319,41 +330,48 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
         if rule.linear:
             maps, bias = _linear_maps(node, [shapes[i] for i in node.inputs])
             full = sparse.hstack(maps).tocsr()
+            full.eliminate_zeros()
             cols = np.concatenate([var[i] for i in node.inputs])
             consts = np.concatenate([const[i] for i in node.inputs])
             is_var = cols >= 0
-            full.eliminate_zeros()
             nnz = np.diff(full.indptr)
             first = np.zeros(n_out)
             first[nnz > 0] = full.data[full.indptr[:-1][nnz > 0]]
             copy = (nnz == 1) & (first == 1.0) & (bias == 0)
             absL = abs(full)
-            e_r = absL @ np.concatenate([err_r[i] for i in node.inputs])
             m_in = absL @ np.concatenate([mag(i) for i in node.inputs])
-            g = np.where(copy, 0.0, _gamma(nnz + 4.0, u_eval))
-            E_in = sparse.vstack([E[i] for i in node.inputs]).tocsr()
-            parts = [absolute(i) for i in node.inputs]
-            X_in = sparse.vstack([p[0] for p in parts]).tocsr()
-            x0_in = np.concatenate([p[1] for p in parts])
-            G = sparse.diags(g, format="csr")
-            E[out] = (absL @ E_in + G @ (absL @ X_in)).tocsr()
-            with np.errstate(invalid="ignore"):  # 0 * inf on copies without engine bounds: no error
-                rounding = np.where(g > 0, g * (absL @ x0_in + np.abs(bias)), 0.0)
-            e0[out] = absL @ np.concatenate([e0[i] for i in node.inputs]) + rounding
             rel = float(np.max(np.asarray(node.params.get("rel_err", 0.0)))) if "rel_err" in node.params else 0.0
             abs_err = node.params.get("abs_err")
             abs_err = (torch.as_tensor(abs_err, dtype=torch.float64).expand(1, *node.shape).reshape(-1).numpy()
                        if abs_err is not None else 0.0)
-            e_r = e_r + np.where(copy, 0.0, (rel + 2 * u64) * m_in + abs_err)
-            err_r[out] = e_r
+            err_r[out] = absL @ np.concatenate([err_r[i] for i in node.inputs]) + np.where(
+                copy, 0.0, (rel + 2 * u64) * m_in + abs_err)
+            g = np.where(copy | (float_rounding == "none"), 0.0, _gamma(nnz + 4.0, u_eval))
+            with np.errstate(invalid="ignore"):  # 0 * inf where there is no rounding variable
+                delta_max = np.where(g > 0, g * (m_in + np.abs(bias)), 0.0)
+            eub[out] = absL @ np.concatenate([eub[i] for i in node.inputs]) + delta_max
             if bool(copy.all()):  # moves only: the output is the inputs' variables, permuted
                 src = full.indices[full.indptr[:-1]]
                 var[out], const[out] = cols[src], consts[src]
                 continue
+            parts = [absolute(i) for i in node.inputs]
+            X = sparse.vstack([sparse.csr_matrix(p[0], shape=(p[0].shape[0], b.n)) for p in parts]).tocsr()
+            x0 = np.concatenate([p[1] for p in parts])
             lo, hi = bounds(out)
             v = b.new(lo, hi)
+            rounded = np.nonzero(g > 0)[0] if variables else np.zeros(0, dtype=np.int64)
+            delta = b.new(-delta_max[rounded], delta_max[rounded])
             rhs = bias + (full[:, ~is_var] @ consts[~is_var] if (~is_var).any() else 0.0)
-            b.equal(v, full[:, is_var], cols[is_var], rhs)
+            coef = sparse.hstack([full[:, is_var], sparse.csr_matrix(
+                (np.ones(rounded.size), (rounded, np.arange(rounded.size))), shape=(n_out, rounded.size))]).tocsr()
+            b.equal(v, coef, np.concatenate([cols[is_var], delta]), rhs)
+            # +-delta_r - g_r |L_r| X v <= g_r (|L_r| x0 + |b_r|)
+            W = (sparse.diags(g[rounded]) @ (absL[rounded] @ X)).tocoo()
+            cap = g[rounded] * (absL[rounded] @ x0 + np.abs(bias[rounded]))
+            k = rounded.size
+            for sign in (1.0, -1.0):
+                b.upper(np.concatenate([np.arange(k), W.row]), np.concatenate([delta, W.col]),
+                        np.concatenate([np.full(k, sign), -W.data]), cap)
             var[out], const[out] = v, np.zeros(n_out)
         elif node.op in ("relu", "leaky_relu"):
             a = float(node.params["alpha"]) if node.op == "leaky_relu" else 0.0
@@ -380,26 +398,22 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
                 v[idx] = y
                 unstable += idx.size
             var[out], const[out] = v, k
-            # errors pass at most 1:1 (slope a on the negative side); where the computed value cannot
-            # leave the negative side (hi + error < 0) ReLU outputs exactly 0 in every evaluation
-            dead = hi + error_bound(src) < 0
-            keep = np.where(dead, a, 1.0)
-            E[out] = (sparse.diags(keep, format="csr") @ E[src]).tocsr()
-            e0[out] = keep * e0[src] + (2 * u_eval * a * (mag(src) + error_bound(src)) if a else 0.0)
-            err_r[out] = np.where(hi + err_r[src] < 0, a, 1.0) * err_r[src]
+            # errors pass at most 1:1 (slope a on the negative side); a ReLU whose input stays negative
+            # in every evaluation outputs exactly 0
+            for err in (eub, err_r):
+                dead = boxes[src].upper.numpy().ravel() + eub[src] + err_r[src] < 0
+                err[out] = np.where(dead, a, 1.0) * err[src]
+            if a:
+                err_r[out] = err_r[out] + 2 * u_eval * a * mag(src)
         elif node.op == "maxpool2d":
             src = node.inputs[0]
             windows = _pool_windows(node, shapes[src])
             z, c = var[src], const[src]
             lo, hi = bounds(src)
             v, k = np.full(n_out, -1), np.zeros(n_out)
-            e_r = np.zeros(n_out)
-            S = sparse.csr_matrix((np.ones(sum(w.size for w in windows)),
-                                   (np.repeat(np.arange(n_out), [w.size for w in windows]), np.concatenate(windows))),
-                                  shape=(n_out, sizes[src]))
-            E[out], e0[out] = (S @ E[src]).tocsr(), S @ e0[src]  # the sum over the window bounds the max
+            e_u, e_r = np.zeros(n_out), np.zeros(n_out)
             for o, w in enumerate(windows):
-                e_r[o] = err_r[src][w].max()
+                e_u[o], e_r[o] = eub[src][w].max(), err_r[src][w].max()
                 w = w[hi[w] >= lo[w].max()]  # the candidates that can be the maximum
                 if w.size == 1:
                     v[o], k[o] = z[w[0]], c[w[0]]
@@ -416,12 +430,14 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
                 maxes.append(MaxGroup(y, z[w].copy(), lo[w].copy(), hi[w].copy()))
                 v[o] = y
                 unstable += 1
-            var[out], const[out], err_r[out] = v, k, e_r
+            var[out], const[out], eub[out], err_r[out] = v, k, e_u, e_r
         else:  # unsupported_reason has ruled this out
             raise UnsupportedOp(f"op {node.op!r} (node {node.name!r})")
 
     eq, eq_rhs = b.equalities()
+    ub, ub_rhs = b.inequalities()
     out = graph.output
-    return Program(n_in, np.concatenate(b.lo), np.concatenate(b.hi), eq, eq_rhs, relus, maxes,
-                   var[out].astype(np.int64), const[out], E[out][:, : b.n].tocsr(), e0[out] + err_r[out], s64,
-                   stats={"variables": b.n, "unstable": unstable, "equalities": eq.shape[0]})
+    return Program(n_in, np.concatenate(b.lo), np.concatenate(b.hi), eq, eq_rhs, ub, ub_rhs, relus, maxes,
+                   var[out].astype(np.int64), const[out], err_r[out] + (0.0 if variables else eub[out]), s64,
+                   stats={"variables": b.n, "unstable": unstable, "equalities": eq.shape[0],
+                          "rounding_bound": float(eub[out].max(initial=0.0))})

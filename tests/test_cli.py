@@ -702,3 +702,19 @@ def test_unavailable_backend_is_an_input_error_naming_the_missing_module(capsys,
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name, *a: None if name == "auto_LiRPA" else real(name, *a))
     code, _, err = cli(capsys, "verify", ONNX, SPECS[0], "--method", "lirpa")
     assert_input_error(code, err, "lirpa", "auto_LiRPA")
+
+
+@pytest.mark.parametrize("method", ["smt", "milp"])
+def test_exact_backend_on_a_sigmoid_network_names_the_op_and_a_backend_that_handles_it(capsys, tmp_path, method):
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2)).eval()
+    path = tmp_path / "sig.onnx"
+    torch.onnx.export(net, torch.zeros(1, 2), path, dynamo=False)
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text("(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n"
+                    "(declare-const Y_1 Real)\n(assert (>= X_0 0))\n(assert (<= X_0 1))\n(assert (>= X_1 0))\n"
+                    "(assert (<= X_1 1))\n(assert (<= Y_0 Y_1))\n")
+    code, out, err = cli(capsys, "verify", path, spec, "--method", method, "--json", "--no-attack")
+    assert "Traceback" not in err
+    assert code == EXIT_OF["unknown"], (out, err)
+    reason = json.loads(out.splitlines()[0])["reason"]
+    assert "sigmoid" in reason and "node" in reason and "crown" in reason, reason

@@ -13,11 +13,11 @@ which forces ``y = z, z >= 0`` at ``delta = 1`` and ``y = a z, z <= 0`` at ``del
 ``sum t_i <= eps``; an L-inf ball or a box is the input variables' bounds. L2 balls need a quadratic
 constraint: use ``smt``.
 
-A clause ``C y <= d`` is decided by minimising ``t`` subject to ``C_j y - d_j <= t`` for its rows (the
+The rounding bounds of ``certify.pwl`` are inequality rows. A clause ``C y <= d`` is decided by minimising ``t`` subject to ``C_j y - d_j <= t`` for its rows (the
 clause's worst-case margin), with ``t <= tol`` where only feasibility matters. HiGHS works to
 tolerances (feasibility and integrality ``1e-9``), so its answers are exact only up to them: a clause
 counts as unreachable only when HiGHS finds the enlarged clause infeasible with the margin
-``tol = tolerance * (1 + max |bound|)`` added on top of ``certify.pwl``'s rounding margin
+``tol = tolerance * (1 + max |bound|)`` added on top of ``certify.pwl``'s margin
 (``tolerance = 1e-6`` by default, three orders above what the solver's tolerances can move a
 big-M row). Every *falsified* answer is replayed, so a solver inaccuracy there is caught, not reported.
 """
@@ -101,12 +101,19 @@ class MILPSolver:
         self.integrality = np.concatenate([np.zeros(V), np.ones(n_bin), np.zeros(n_l1), [0]])
         rows = _Rows(self.n)
         eq = program.eq.tocoo()
-        rows.r.append(eq.row)
+        rows.r.append(eq.row + rows.m)
         rows.c.append(eq.col)
         rows.v.append(eq.data)
         rows.lo.append(program.eq_rhs)
         rows.hi.append(program.eq_rhs)
         rows.m += eq.shape[0]
+        ub = program.ub.tocoo()  # the rounding variables' bounds
+        rows.r.append(ub.row + rows.m)
+        rows.c.append(ub.col)
+        rows.v.append(ub.data)
+        rows.lo.append(np.full(ub.shape[0], -np.inf))
+        rows.hi.append(program.ub_rhs)
+        rows.m += ub.shape[0]
         nxt = V
         for g in program.relus:
             k = g.z.size

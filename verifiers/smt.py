@@ -3,9 +3,10 @@ reals, decided by z3.
 
 Every constant (weights, biases, bounds, the spec's ``C`` and ``d``) enters as the exact rational value
 of its float64 number, so z3's answer is exact for the encoded network; ``certify.exact`` adds the
-margin that covers the encoded-vs-stored and the float-evaluation gaps. Encoding: the program's
-variables, their bounds (the engine's sound boxes: redundant, but they let z3 cut early) and
-equalities; an unstable ``y = max(z, a z)`` is ``y = If(z >= 0, z, a z)`` (only these and the max-pools
+margin that covers the encoded-vs-stored and the float-evaluation gaps (here without rounding
+variables: ``certify.pwl.lower(..., float_rounding="margin")``, the a-priori bound as a constant). Encoding: the program's
+variables, their bounds (the engine's sound boxes: redundant, but they let z3 cut early),
+equalities and the rounding variables' bounds; an unstable ``y = max(z, a z)`` is ``y = If(z >= 0, z, a z)`` (only these and the max-pools
 make z3 split); ``y = max_i z_i`` is ``y >= z_i`` for all ``i`` and ``Or_i(y = z_i)``. The input set:
 a box is its bounds; an L-inf ball also ``|x_i - c_i| <= eps``; an L1 ball ``sum_i |x_i - c_i| <= eps``
 with ``t_i >= +-(x_i - c_i)``; an L2 ball ``sum_i (x_i - c_i)^2 <= eps^2`` (nonlinear real arithmetic:
@@ -34,18 +35,18 @@ class SMTOptions(ExactOptions):
     seed: int = 0
 
 
-def _q(value: float):
+def _q(value: float, ctx):
     import z3
 
     f = Fraction(float(value))
-    return z3.RealVal(f"{f.numerator}/{f.denominator}") if f.denominator != 1 else z3.RealVal(f.numerator)
+    return z3.RealVal(f"{f.numerator}/{f.denominator}" if f.denominator != 1 else f.numerator, ctx)
 
 
-def _linear(coef: np.ndarray, cols: np.ndarray, v: list):
+def _linear(coef: np.ndarray, cols: np.ndarray, v: list, ctx):
     import z3
 
-    terms = [v[int(c)] if w == 1.0 else _q(w) * v[int(c)] for w, c in zip(coef, cols)]
-    return z3.Sum(terms) if len(terms) > 1 else (terms[0] if terms else z3.RealVal(0))
+    terms = [v[int(c)] if w == 1.0 else _q(w, ctx) * v[int(c)] for w, c in zip(coef, cols)]
+    return z3.Sum(terms) if len(terms) > 1 else (terms[0] if terms else z3.RealVal(0, ctx))
 
 
 def _value(model, var) -> float:
@@ -63,22 +64,31 @@ class SMTSolver:
         import z3
 
         self.program = program
-        s = z3.SolverFor("QF_NRA") if self._l2() else z3.SolverFor("QF_LRA")
+        self.ctx = ctx = z3.Context()  # one per program: no state shared between problems, freed with it
+        s = z3.SolverFor("QF_NRA" if self._l2() else "QF_LRA", ctx=ctx)
         s.set("random_seed", seed)
-        v = [z3.Real(f"v{i}") for i in range(program.n_vars)]
+        v = [z3.Real(f"v{i}", ctx) for i in range(program.n_vars)]
+
+        def q(value):
+            return _q(value, ctx)
+
         for i, (lo, hi) in enumerate(zip(program.lo, program.hi)):
             if math.isfinite(lo):
-                s.add(v[i] >= _q(lo))
+                s.add(v[i] >= q(lo))
             if math.isfinite(hi):
-                s.add(v[i] <= _q(hi))
+                s.add(v[i] <= q(hi))
         eq = program.eq.tocsr()
         for r in range(eq.shape[0]):
             lo, hi = eq.indptr[r], eq.indptr[r + 1]
-            s.add(_linear(eq.data[lo:hi], eq.indices[lo:hi], v) == _q(program.eq_rhs[r]))
+            s.add(_linear(eq.data[lo:hi], eq.indices[lo:hi], v, ctx) == q(program.eq_rhs[r]))
+        ub = program.ub.tocsr()  # the rounding variables' bounds
+        for r in range(ub.shape[0]):
+            lo, hi = ub.indptr[r], ub.indptr[r + 1]
+            s.add(_linear(ub.data[lo:hi], ub.indices[lo:hi], v, ctx) <= q(program.ub_rhs[r]))
         for g in program.relus:
             for z, y in zip(g.z, g.y):
                 zi, yi = v[int(z)], v[int(y)]
-                s.add(yi == z3.If(zi >= 0, zi, _q(g.slope) * zi) if g.slope else yi == z3.If(zi >= 0, zi, 0))
+                s.add(yi == z3.If(zi >= 0, zi, q(g.slope) * zi) if g.slope else yi == z3.If(zi >= 0, zi, z3.RealVal(0, ctx)))
         for g in program.maxes:
             y = v[g.y]
             s.add(*[y >= v[int(z)] for z in g.z])
@@ -97,18 +107,23 @@ class SMTSolver:
         if not isinstance(ball, LpBall):
             return  # a box: the input variables' bounds are the box
         c = ball.center.reshape(-1).double().cpu().numpy()
-        eps = _q(float(ball.eps.reshape(-1)[0]))
+        ctx = self.ctx
+
+        def q(value):
+            return _q(value, ctx)
+
+        eps = q(float(ball.eps.reshape(-1)[0]))
         x = v[: self.program.n_inputs]
         if ball.p == math.inf:
             for xi, ci in zip(x, c):
-                s.add(xi - _q(ci) <= eps, _q(ci) - xi <= eps)
+                s.add(xi - q(ci) <= eps, q(ci) - xi <= eps)
         elif ball.p == 1:
-            t = [z3.Real(f"t{i}") for i in range(len(x))]
+            t = [z3.Real(f"t{i}", ctx) for i in range(len(x))]
             for ti, xi, ci in zip(t, x, c):
-                s.add(ti >= xi - _q(ci), ti >= _q(ci) - xi)
+                s.add(ti >= xi - q(ci), ti >= q(ci) - xi)
             s.add(z3.Sum(t) <= eps)
         else:
-            s.add(z3.Sum([(xi - _q(ci)) * (xi - _q(ci)) for xi, ci in zip(x, c)]) <= eps * eps)
+            s.add(z3.Sum([(xi - q(ci)) * (xi - q(ci)) for xi, ci in zip(x, c)]) <= eps * eps)
 
     def check(self, A, a, d, time_limit: float) -> Check:
         import z3
@@ -120,7 +135,7 @@ class SMTSolver:
             for j in range(A.shape[0]):
                 lo, hi = A.indptr[j], A.indptr[j + 1]
                 # exact: C_j y + a_j <= d_j, constants as rationals
-                s.add(_linear(A.data[lo:hi], A.indices[lo:hi], self.v) + _q(a[j]) <= _q(d[j]))
+                s.add(_linear(A.data[lo:hi], A.indices[lo:hi], self.v, self.ctx) + _q(a[j], self.ctx) <= _q(d[j], self.ctx))
             ms = 4_294_967_295 if not math.isfinite(time_limit) else max(1, int(time_limit * 1000))
             s.set("timeout", ms)
             answer = s.check()
@@ -141,6 +156,7 @@ class SMT(ExactVerifier):
                                   "only unstable ReLUs are case splits (engine bounds fix the rest)")
     requires: ClassVar[tuple[str, ...]] = ("z3",)
     Options: ClassVar[type] = SMTOptions
+    float_rounding: ClassVar[str] = "margin"  # no rounding variables: z3 slows down several-fold with them
 
     def build(self, program: Program, options) -> SMTSolver:
         return SMTSolver(program, getattr(options, "seed", 0))

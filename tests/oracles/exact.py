@@ -27,9 +27,9 @@ class OracleDisagreement(AssertionError):
 def clause_margins(model, spec: Spec, cross_check: bool = True, tol: float = 1e-6) -> np.ndarray:
     """Per clause of the single-instance ``spec``: the exact worst-case margin (see the module docstring)."""
     spec = spec.reshape_input(model.input_shape)
-    program = lower(model.graph, spec.input)
+    program = lower(model.graph, spec.input, float_rounding="none")
     milp = MILPSolver(program)
-    z3 = SMTSolver(lower(model.graph, spec.input, use_bounds=False)) if cross_check else None
+    z3 = SMTSolver(lower(model.graph, spec.input, use_bounds=False, float_rounding="none")) if cross_check else None
     out = []
     for clause in spec.unsafe:
         C = clause.C[0].double().numpy()
