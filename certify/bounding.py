@@ -3,6 +3,7 @@ certified lower bound per specification row, the clause rule (a clause is unreac
 its rows has a positive certified bound), and the result."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar
@@ -26,6 +27,22 @@ class BoundOptions:
     attack: bool = True
     attack_options: AttackOptions = field(default_factory=AttackOptions)
     device: str = "cpu"
+
+
+def attack_first(model: Model, prop: Property, options, budget: Budget, fraction: float,
+                 cap: float = math.inf) -> Result | None:
+    """With ``options.attack``: the PGD falsifier on ``fraction`` of the budget (at most ``cap`` seconds);
+    a *falsified* result (method ``pgd``) when it finds a replayed counterexample, else None."""
+    from verifiers.pgd import falsify
+
+    if not options.attack:
+        return None
+    t0 = time.perf_counter()
+    cex = falsify(model, prop, options.attack_options, budget.sub(fraction, cap=cap))
+    if cex is None:
+        return None
+    return Result(Verdict.FALSIFIED, "pgd", time.perf_counter() - t0, counterexample=cex, property=prop.name,
+                  options=asdict(options))
 
 
 def clause_bounds(rows: Tensor, spec: Spec) -> Tensor:

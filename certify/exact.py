@@ -19,14 +19,14 @@ evaluation, linear in the program's variables; see ``certify.pwl``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from scipy import sparse
 
 from . import replay
-from .bounding import BoundOptions
+from .bounding import BoundOptions, attack_first
 from .budget import Budget
 from .models import Model
 from .pwl import Program, lower, unsupported_reason
@@ -95,16 +95,12 @@ class ExactVerifier:
         return None
 
     def verify(self, model: Model, prop: Property, *, options: Any = None, budget: Budget) -> Result:
-        from verifiers.pgd import falsify
-
         options = options or self.Options()
         t0 = time.perf_counter()
         opts = asdict(options)
-        if options.attack:
-            cex = falsify(model, prop, options.attack_options, budget.sub(0.1, cap=2.0))
-            if cex is not None:
-                return Result(Verdict.FALSIFIED, "pgd", time.perf_counter() - t0, counterexample=cex,
-                              property=prop.name, options=opts)
+        attacked = attack_first(model, prop, options, budget, 0.1, cap=2.0)
+        if attacked is not None:
+            return attacked
         stats: dict[str, float] = {"clauses": 0, "unstable": 0}
         undecided = ""
         for index, spec in enumerate(prop.specs):
@@ -114,6 +110,8 @@ class ExactVerifier:
                 program = lower(model.graph, one.input, float_rounding=self.float_rounding)
                 stats["unstable"] = max(stats["unstable"], program.stats["unstable"])
                 solver = self.build(program, options)
+                if budget.expired():  # building a large encoding can take the whole budget
+                    return self._unknown(prop, t0, TIMEOUT, opts, stats)
                 for k, clause in enumerate(one.unsafe):
                     if budget.expired():
                         return self._unknown(prop, t0, TIMEOUT, opts, stats)

@@ -4,7 +4,6 @@ that holds (threshold below the exact minimum) and falsifies, with a replayed co
 that does not (threshold above it)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -31,7 +30,8 @@ def _net(rng: np.random.Generator, n_in: int, width: int = 12):
     return net, layers
 
 
-def _check_against_milp(seed: int, n_in: int, width: int, deltas, radius: tuple[float, float]):
+def _instance(seed: int, n_in: int, width: int, radius: tuple[float, float]):
+    """A random network, box and output direction ``c``, with the exact minimum of ``c . f`` (MILP)."""
     rng = np.random.default_rng(seed)
     net, layers = _net(rng, n_in, width)
     model = from_module(net, (n_in,))
@@ -40,7 +40,11 @@ def _check_against_milp(seed: int, n_in: int, width: int, deltas, radius: tuple[
     c = rng.standard_normal(3)
     # the layer list is float64 copies of the float32 weights: the same network as the graph
     minimum = exact_min(layers, (n_in,), lo, hi, c)
-    box = Box(torch.tensor(lo)[None], torch.tensor(hi)[None])
+    return net, model, Box(torch.tensor(lo)[None], torch.tensor(hi)[None]), c, minimum
+
+
+def _check_against_milp(seed: int, n_in: int, width: int, deltas, radius: tuple[float, float]):
+    net, model, box, c, minimum = _instance(seed, n_in, width, radius)
     for delta in deltas:
         expect = Verdict.PROVED if delta < 0 else Verdict.FALSIFIED
         # unsafe: c.y <= minimum + delta  <=>  -(c.y) >= ... written as C y <= d with C = c
@@ -147,14 +151,7 @@ def test_memory_cap_gives_unknown_and_bounds_the_domain_store(n_in, width, radiu
     """A property just inside the exact minimum needs many domains: with a cap of a few domains the search
     stops with unknown (reason: memory cap), having never kept a store larger than the cap; with the
     default cap the same property is proved and the reported peak is below the default."""
-    rng = np.random.default_rng(7)
-    net, layers = _net(rng, n_in, width)
-    model = from_module(net, (n_in,))
-    lo = rng.uniform(-1, 0, n_in)
-    hi = lo + rng.uniform(*radius, n_in)
-    c = rng.standard_normal(3)
-    minimum = exact_min(layers, (n_in,), lo, hi, c)
-    box = Box(torch.tensor(lo)[None], torch.tensor(hi)[None])
+    _, model, box, c, minimum = _instance(7, n_in, width, radius)
     clause = Clause(torch.tensor(c)[None, None], torch.tensor([[minimum - 2e-3]]))
     prop = Property("tight", (Spec(box, (clause,)),))
     cap = cap_kib / 1024

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from certify import replay
-from certify.bounding import BoundOptions
+from certify.bounding import BoundOptions, attack_first
 from certify.budget import Budget
 from certify.engine.alpha import AlphaOptions, optimise_alphas
 from certify.engine.bab import MEMORY_MB, BaBOutcome, InputSplitOptions, ReluSplitOptions, input_split, relu_split
@@ -24,7 +24,6 @@ from certify.models import Model
 from certify.results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
 from certify.sets import Box, LpBall
 from certify.spec import Property, Spec, clause_max
-from verifiers.pgd import falsify
 
 @dataclass(frozen=True)
 class BaBOptions(BoundOptions):
@@ -134,11 +133,9 @@ class BaB:
         options = options or BaBOptions()
         t0 = time.perf_counter()
         opts = asdict(options)
-        if options.attack:
-            cex = falsify(model, prop, options.attack_options, budget.sub(0.2, cap=5.0))
-            if cex is not None:
-                return Result(Verdict.FALSIFIED, "pgd", time.perf_counter() - t0, counterexample=cex,
-                              property=prop.name, options=opts)
+        attacked = attack_first(model, prop, options, budget, 0.2, cap=5.0)
+        if attacked is not None:
+            return attacked
         domains, peak = 0, 0.0
         stats: dict = {"domains": 0}
         for index, spec in enumerate(prop.specs):
