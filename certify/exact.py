@@ -2,16 +2,16 @@
 clause at a time, the proof margin and the rules that turn a solver's answer into a ``Result``.
 
 For every instance of every spec and every unsafe clause ``{y : C y <= d}``, the solver is asked
-whether some input of the set reaches the *enlarged* clause ``C y <= d + m(v)`` (``m = Program.margin(C)``,
-a bound on the gap between the encoded network, the stored network in exact arithmetic and its float
-evaluation, linear in the program's variables; see ``certify.pwl``).
+whether some input of the set reaches the *enlarged* clause ``C y <= d + m`` (``m = Program.margin(C)``,
+a bound on what the program leaves out of the gap between it, the stored network in exact arithmetic
+and its float evaluation; see ``certify.pwl``).
 
 * **unsat** for every clause: *proved*; nothing within ``m`` of the clause is reachable, so neither
   the exact network nor its float evaluation reaches the clause itself.
 * **sat**: the model's input is decoded to floats and replayed on the reference runtime
   (``certify.replay``); a replay that lands in the clause is a *falsified* answer. When rounding makes
   the replay miss, the neighbourhood is searched: the solver is asked again for inputs reaching the
-  *shrunk* clause ``C y <= d - f (m(v) + s)`` for growing ``f`` (``s`` covers rounding the input to the
+  *shrunk* clause ``C y <= d - f (m + s)`` for growing ``f`` (``s`` covers rounding the input to the
   runtime's precision), each answer replayed; if none replays, the answer is unknown (a violation may
   exist only within the margin). Never falsified without a replay.
 * a solver timeout or an unknown from the solver: unknown, with the solver's reason.
@@ -119,8 +119,8 @@ class ExactVerifier:
                     C = clause.C[0].detach().cpu().double().numpy()
                     d = clause.d[0].detach().cpu().double().numpy()
                     A, a = program.output_rows(C)
-                    M, m0 = program.margin(C)  # margin M v + m0 >= |C (float - exact)|
-                    found = solver.check((A - M).tocsr(), a, d + m0, budget.remaining())
+                    m = program.margin(C)
+                    found = solver.check(A, a, d + m, budget.remaining())
                     if found.status == UNSAT:
                         continue
                     if found.status == UNKNOWN:
@@ -129,11 +129,11 @@ class ExactVerifier:
                         undecided = undecided or found.reason
                         continue
                     cex = replay.check(model, one, found.x[: program.n_inputs], spec_index=index)
-                    slack = m0 + _input_rounding_slack(program, C)
+                    slack = m + _input_rounding_slack(program, C)
                     for f in options.neighbourhood:
                         if cex is not None or budget.expired():
                             break
-                        deeper = solver.check((A + f * M).tocsr(), a, d - f * slack, budget.remaining())
+                        deeper = solver.check(A, a, d - f * slack, budget.remaining())
                         if deeper.status != SAT:
                             break
                         cex = replay.check(model, one, deeper.x[: program.n_inputs], spec_index=index)
@@ -141,7 +141,7 @@ class ExactVerifier:
                         return Result(Verdict.FALSIFIED, self.name, time.perf_counter() - t0, counterexample=cex,
                                       property=prop.name, options=opts, stats=stats)
                     undecided = undecided or (f"clause {k} of spec {index} is reached within the rounding margin "
-                                              f"(at most {float(program.margin_bound(C).max()):.3g}) but no point "
+                                              f"({float(m.max()):.3g}) but no point "
                                               f"found replays on "
                                               f"{model.reference_name}")
         if undecided:

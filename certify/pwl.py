@@ -123,17 +123,10 @@ class Program:
                               shape=(C.shape[0], self.n_vars))
         return A, C[:, ~var] @ self.out_const[~var]
 
-    def margin(self, C: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """Per row ``j`` the margin ``sum_k |C_jk| err_const_k`` as ``M_j @ v + m0_j`` (``M >= 0``; zero in
-        this encoding, whose rounding variables carry the float evaluation), enlarged by ``1e-9``
-        relative to cover the float64 rounding of the margin's own computation."""
-        m0 = (np.abs(C) @ self.err_const) * (1 + 1e-9) + 1e-300
-        return sparse.csr_matrix((C.shape[0], self.n_vars)), m0
-
-    def margin_bound(self, C: np.ndarray) -> np.ndarray:
-        """A constant upper bound of each row's margin over the variables' boxes."""
-        M, m0 = self.margin(C)
-        return M @ np.where(np.isfinite(self.hi), self.hi, np.inf) + m0
+    def margin(self, C: np.ndarray) -> np.ndarray:
+        """Per row ``j`` the margin ``sum_k |C_jk| err_const_k`` (what the program leaves out), enlarged by
+        ``1e-9`` relative to cover the float64 rounding of the margin's own computation."""
+        return (np.abs(C) @ self.err_const) * (1 + 1e-9) + 1e-300
 
 
 def unsupported_reason(graph: Graph) -> str | None:
@@ -355,7 +348,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
                 var[out], const[out] = cols[src], consts[src]
                 continue
             parts = [absolute(i) for i in node.inputs]
-            X = sparse.vstack([sparse.csr_matrix(p[0], shape=(p[0].shape[0], b.n)) for p in parts]).tocsr()
+            X = sparse.vstack([p[0] for p in parts]).tocsr()
             x0 = np.concatenate([p[1] for p in parts])
             lo, hi = bounds(out)
             v = b.new(lo, hi)
