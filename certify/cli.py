@@ -1,4 +1,5 @@
-"""Command line: ``certify verify``, ``certify bench``, ``certify backends``.
+"""Command line: ``certify verify``, ``certify bench``, ``certify backends``; ``certify smooth`` and
+``certify train`` live in ``certify.cli_smooth``.
 
 Exit codes (never renumbered):
   0  PROVED       every property proved
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per instance on stdout, then a summary")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    from .cli_smooth import add_parsers
+
+    add_parsers(sub)
     b = sub.add_parser("backends", help="list verification backends and whether they are available")
     b.add_argument("--json", action="store_true")
     return parser
@@ -158,44 +162,10 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise CertifyError(f"--input-shape: expected integers like 1,28,28, got {text!r}") from None
 
 
-def _load_data(path: str, limit: int | None):
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.exists():
-        raise CertifyError(f"{path}: no such file")
-    try:
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-            if not isinstance(obj, dict):
-                raise CertifyError(f"{path}: expected a dict with 'x' and 'y', got {type(obj).__name__}")
-            arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in obj.items()}
-    except CertifyError:
-        raise
-    except Exception as exc:  # torch's messages span many lines: keep the first, the CLI prints one line
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CertifyError(f"{path}: cannot read data file, expected .npz or a .pt holding {{'x': ..., 'y': ...}} "
-                           f"({type(exc).__name__}: {first})") from None
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise CertifyError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
-    x, y = np.asarray(arrays["x"], dtype=np.float64), np.asarray(arrays["y"]).astype(np.int64).reshape(-1)
-    if x.shape[0] != y.shape[0]:
-        raise CertifyError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]} labels")
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    if x.shape[0] == 0:
-        raise CertifyError(f"{path}: no labelled inputs to verify")
-    return x, y
-
-
 def _robustness_properties(model, args) -> list:
     import torch
 
+    from .data import load_labelled
     from .errors import ShapeError
     from .spec import Property, robustness
 
@@ -203,9 +173,7 @@ def _robustness_properties(model, args) -> list:
         raise CertifyError("--data needs --eps")
     if math.isnan(args.eps):
         raise CertifyError("--eps: expected a number, got nan")
-    if args.limit is not None and args.limit < 1:
-        raise CertifyError(f"--limit: expected a positive number of inputs, got {args.limit}")
-    x, y = _load_data(args.data, args.limit)
+    x, y = load_labelled(args.data, args.limit)
     if x[0].size != model.n_inputs:
         raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
                          model.n_inputs, x[0].size)
@@ -265,9 +233,19 @@ def _check_memory_limit(value: float | None) -> None:
         raise CertifyError(f"--memory-limit: expected a positive number of MiB, got {value}")
 
 
-def cmd_verify(args) -> int:
+def check_device(name: str) -> None:
+    """An unknown or unavailable ``--device`` is an input error before any work."""
     import torch
 
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CertifyError(f"--device: unknown device {name!r} (e.g. cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CertifyError(f"--device {name}: CUDA is not available in this torch installation")
+
+
+def cmd_verify(args) -> int:
     from . import api
     from .models import check_spec_fits, load_model
     from .results import Verdict
@@ -283,12 +261,7 @@ def cmd_verify(args) -> int:
     for flag, target in (("--out", args.out), ("--vnncomp-result", args.vnncomp_result)):
         if target and not Path(target).resolve().parent.is_dir():  # fail before the work, not after
             raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise CertifyError(f"--device: unknown device {args.device!r} (e.g. cpu, cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CertifyError(f"--device {args.device}: CUDA is not available in this torch installation")
+    check_device(args.device)
     if args.method != "auto":
         from . import registry
 
@@ -332,7 +305,8 @@ def cmd_verify(args) -> int:
     else:
         if not args.quiet:
             rows = [[r.property, r.verdict.value, r.method, f"{r.time_s:.3f}", _fmt_bound(r),
-                     r.reason or ("counterexample replayed on " + r.counterexample.runtime if r.counterexample else "")]
+                     r.reason or r.claim or ("counterexample replayed on " + r.counterexample.runtime
+                                             if r.counterexample else "")]
                     for r in results]
             print(_table(rows, ["property", "verdict", "method", "time_s", "min_bound", "note"]))
         print(f"\n{summary['proved']} proved, {summary['falsified']} falsified, {summary['unknown']} unknown "
@@ -452,7 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
-    handler = {"verify": cmd_verify, "bench": cmd_bench, "backends": cmd_backends}[args.command]
+    from .cli_smooth import cmd_smooth, cmd_train
+
+    handler = {"verify": cmd_verify, "bench": cmd_bench, "backends": cmd_backends, "smooth": cmd_smooth,
+               "train": cmd_train}[args.command]
     try:
         return int(handler(args))
     except _Usage as exc:

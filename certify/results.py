@@ -4,8 +4,8 @@
 * ``FALSIFIED`` requires a ``Counterexample``, and a ``Counterexample`` can only be created by
   ``certify.replay.check``, after the input was checked to lie in the input set and the reference
   runtime's output was checked to lie in the unsafe region.
-* ``PROVED`` requires a guarantee (``SOUND`` for deterministic backends, ``PROBABILISTIC`` with its
-  confidence for sampling ones) and no counterexample.
+* ``PROVED`` requires a guarantee (``SOUND`` for deterministic backends, ``PROBABILISTIC`` for sampling
+  ones, which must also state their ``claim``: the confidence and what it is about) and no counterexample.
 * ``UNKNOWN`` requires a reason (``timeout``, ``inconclusive``, ``backend_error: ...``).
 """
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Result:
     options: Mapping[str, Any] = field(default_factory=dict)
     stats: Mapping[str, float] = field(default_factory=dict)
     steps: tuple[tuple[str, float, str], ...] = ()
+    claim: str = ""  # what a probabilistic proof asserts, with its confidence
 
     def __post_init__(self) -> None:
         if self.verdict is Verdict.FALSIFIED:
@@ -91,6 +92,8 @@ class Result:
             raise ValueError(f"a {self.verdict.name} result cannot carry a counterexample")
         if self.verdict is Verdict.PROVED and self.guarantee is None:
             raise ValueError("a PROVED result needs a guarantee")
+        if self.verdict is Verdict.PROVED and self.guarantee is Guarantee.PROBABILISTIC and not self.claim:
+            raise ValueError("a probabilistic PROVED result must state its claim (confidence, and about what)")
         if self.verdict is Verdict.UNKNOWN and not self.reason:
             raise ValueError("an UNKNOWN result needs a reason")
 
@@ -104,6 +107,7 @@ class Result:
             "method": self.method,
             "time_s": round(self.time_s, 6),
             "guarantee": self.guarantee.value if self.guarantee else None,
+            "claim": self.claim or None,
             "reason": self.reason or None,
             "bounds": [[num(float(b)) for b in spec] for spec in self.bounds],
             "counterexample": self.counterexample.to_dict() if self.counterexample else None,

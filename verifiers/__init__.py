@@ -8,5 +8,6 @@ BUILTIN = {
     "bab": "verifiers.bab:BaB",
     "milp": "verifiers.milp:MILP",
     "smt": "verifiers.smt:SMT",
+    "smoothing": "verifiers.smoothing:Smoothing",
     "lirpa": "verifiers.lirpa:Lirpa",
 }

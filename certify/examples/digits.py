@@ -33,6 +33,19 @@ class DigitsMLP(nn.Module):
         return self.net(x.reshape(x.shape[0], -1))
 
 
+class DigitsCNN(nn.Module):
+    """1x8x8 -> conv 3x3 (pad 1) -> conv 3x3 stride 2 (pad 1) -> dense -> 10, ReLU; flat [B, 64] inputs too."""
+
+    def __init__(self, channels: int = 16, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(2 * channels * 16, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(x.shape[0], 1, 8, 8))
+
+
 def load_digits_split(seed: int = 0, n_test: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits scaled to [0, 1], split into train and test with a fixed permutation."""
     from sklearn.datasets import load_digits

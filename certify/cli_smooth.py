@@ -1,0 +1,275 @@
+"""``certify smooth`` (randomized smoothing over a data set) and ``certify train`` (base classifiers,
+optionally with Gaussian noise augmentation): parsers and handlers, registered by ``certify.cli``."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from .errors import CertifyError
+
+SMOOTH_EXAMPLES = """examples:
+  certify smooth model.pt --data digits:test --sigma 0.25                   # Cohen et al.'s defaults
+  certify smooth m012.pt m025.pt m050.pt --sigma 0.12 0.25 0.5 --data digits:test --plot curves.png
+  certify smooth net.onnx --data test.npz --sigma 0.25 --n 10000 --json    # quicker, JSON lines
+  certify smooth model.pt --data digits:test --sigma 0.25 --compare crown   # beside a sound L2 radius
+
+what it certifies: with probability >= 1 - alpha over the noise, the SMOOTHED classifier g(x) =
+argmax_c P(f(x + N(0, sigma^2 I)) = c) predicts the reported class on the whole L2 ball of the
+reported radius (Cohen, Rosenfeld and Kolter 2019). It is not a statement about the network f; for
+that, use 'certify verify --norm 2' (or --compare here, which adds the largest L2 radius a sound
+backend proves for f). 'abstain' is an answer: g's top class could not be told apart at level alpha.
+
+one model and several sigmas: every sigma on that model; several models: one sigma each, in order.
+"""
+
+TRAIN_EXAMPLES = """examples:
+  certify train --data digits:train --arch certify.examples.digits:DigitsMLP --noise-sigma 0.25 --out m025.pt
+  certify train --data train.npz --arch certify.examples.digits:DigitsCNN --input-shape 1,8,8 \\
+                --epochs 50 --test digits:test --out cnn.pt --onnx cnn.onnx
+
+the checkpoint holds the state dict, the architecture and the input shape: 'certify verify m025.pt ...'
+and 'certify smooth m025.pt ...' read it as it is (architectures outside certify.* need --arch again).
+--noise-sigma S trains on x + N(0, S^2 I) (Gaussian augmentation), the base classifier that randomized
+smoothing at sigma S needs.
+"""
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CertifyError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise CertifyError(f"{flag}: expected non-negative numbers, got {text!r}")
+    return values
+
+
+def add_parsers(sub) -> None:
+    sm = sub.add_parser("smooth", help="randomized smoothing: probabilistic L2 certificates over a data set",
+                        description="Certify a data set with randomized smoothing (Cohen et al. 2019): per-example "
+                                    "prediction and certified L2 radius of the smoothed classifier, certified "
+                                    "accuracy at radii, optional plot.",
+                        epilog=SMOOTH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sm.add_argument("models", nargs="+", metavar="MODEL", help=".onnx or PyTorch checkpoint(s)")
+    sm.add_argument("--data", required=True, metavar="FILE",
+                    help=".npz with x and y, a .pt holding {'x', 'y'}, or digits:test / digits:train")
+    sm.add_argument("--sigma", type=float, nargs="+", required=True, metavar="S", help="Gaussian noise level(s)")
+    sm.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+    sm.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100000)")
+    sm.add_argument("--alpha", type=float, default=0.001, help="failure probability per example (default 0.001)")
+    sm.add_argument("--batch", type=int, default=10_000, help="noisy copies per forward pass (default 10000)")
+    sm.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0); runs are reproducible")
+    sm.add_argument("--radii", default="0,0.25,0.5,0.75,1,1.5,2", metavar="R1,R2,...",
+                    help="radii for the certified-accuracy table (default 0,0.25,0.5,0.75,1,1.5,2)")
+    sm.add_argument("--limit", type=int, metavar="N", help="only the first N examples")
+    sm.add_argument("--compare", metavar="METHOD",
+                    help="also find the largest L2 radius METHOD (e.g. crown, alpha-crown) proves for the base network")
+    sm.add_argument("--device", default="cpu", help="torch device for sampling, e.g. cpu or cuda")
+    sm.add_argument("--arch", metavar="MODULE:CLASS", help="architecture class for state-dict checkpoints")
+    sm.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch, when the file does not say")
+    out = sm.add_argument_group("output")
+    out.add_argument("--plot", metavar="PNG", help="write certified accuracy against radius (all models/sigmas)")
+    out.add_argument("--csv", metavar="FILE", help="write the per-example rows as CSV")
+    out.add_argument("--json", action="store_true", help="one JSON object per example on stdout, then a summary")
+    out.add_argument("--quiet", action="store_true", help="no per-example table, only the summary")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    tr = sub.add_parser("train", help="train a classifier (optionally with Gaussian noise, for smoothing)",
+                        description="Train a classifier with cross-entropy and Adam; with --noise-sigma on "
+                                    "Gaussian-augmented inputs. Writes a checkpoint certify reads as it is.",
+                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--data", required=True, metavar="FILE", help="training data: .npz/.pt with x and y, or digits:train")
+    tr.add_argument("--arch", required=True, metavar="MODULE:CLASS",
+                    help="architecture class, e.g. certify.examples.digits:DigitsMLP")
+    tr.add_argument("--arch-kwargs", default="{}", metavar="JSON", help='constructor arguments, e.g. \'{"hidden": 64}\'')
+    tr.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch (default: the data's)")
+    tr.add_argument("--out", required=True, metavar="FILE.pt", help="checkpoint to write")
+    tr.add_argument("--onnx", metavar="FILE.onnx", help="also export ONNX")
+    tr.add_argument("--noise-sigma", type=float, default=0.0, metavar="S",
+                    help="Gaussian augmentation x + N(0, S^2 I) (default 0: plain training)")
+    tr.add_argument("--epochs", type=int, default=100)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=3e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--test", metavar="FILE", help="held-out data to report accuracy on (clean and under the noise)")
+    tr.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
+    for s in sigmas:
+        if not (math.isfinite(s) and s > 0):
+            raise CertifyError(f"--sigma: expected positive numbers, got {s}")
+    if len(models) == 1:
+        return [(models[0], s) for s in sigmas]
+    if len(models) == len(sigmas):
+        return list(zip(models, sigmas))
+    raise CertifyError(f"{len(models)} models and {len(sigmas)} sigmas: give one model with any number of sigmas, "
+                       "or one sigma per model")
+
+
+def _check_out(flag: str, target: str | None) -> None:
+    if target and not Path(target).resolve().parent.is_dir():
+        raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
+
+
+def cmd_smooth(args) -> int:
+    from .cli import ExitCode, _parse_shape, _table, check_device
+    from .data import load_labelled
+    from .errors import ShapeError
+    from .models import load_model
+    from .smooth_report import certify_dataset, group_label, largest_proved_radius, plot_curves, summary
+
+    pairs = _pairs(args.models, args.sigma)
+    radii = _floats(args.radii, "--radii")
+    if args.n0 < 1 or args.n < 1 or args.batch < 1:
+        raise CertifyError(f"--n0, --n and --batch must be positive, got {args.n0}, {args.n}, {args.batch}")
+    if not 0 < args.alpha < 1:
+        raise CertifyError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
+    for flag, target in (("--plot", args.plot), ("--csv", args.csv)):
+        _check_out(flag, target)
+    check_device(args.device)
+    if args.compare:
+        from . import registry
+
+        registry.get(args.compare)
+    x, y = load_labelled(args.data, args.limit)
+    models = {}
+    for path, _ in pairs:
+        if path not in models:
+            m = load_model(path, arch=args.arch, input_shape=_parse_shape(args.input_shape))
+            if x[0].size != m.n_inputs:
+                raise ShapeError(f"{args.data}: input size (data vs model {Path(path).name} with input shape "
+                                 f"{list(m.input_shape)})", m.n_inputs, x[0].size)
+            if int(y.max()) >= m.n_outputs or int(y.min()) < 0:
+                raise CertifyError(f"{args.data}: labels span [{int(y.min())}, {int(y.max())}] but model "
+                                   f"{Path(path).name} has {m.n_outputs} outputs")
+            models[path] = m
+
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(pairs) * len(y), unit="example", file=sys.stderr, leave=False)
+    groups: dict[str, list] = {}
+    t0 = time.perf_counter()
+    for path, sigma in pairs:
+        model = models[path]
+
+        def on_row(row, model=model):
+            if args.compare:
+                import dataclasses
+
+                det = largest_proved_radius(model, x[row.index], row.label, args.compare, device=args.device)
+                row = dataclasses.replace(row, det_radius=det)
+            rows.append(row)
+            if args.json:
+                print(json.dumps(row.to_dict()), flush=True)
+            if progress is not None:
+                progress.set_postfix_str(f"sigma={sigma:g}")
+                progress.update(1)
+
+        rows: list = []
+        certify_dataset(model, x, y, sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch,
+                        seed=args.seed, device=args.device, name=path, on_row=on_row)
+        groups[group_label(rows)] = rows
+    if progress is not None:
+        progress.close()
+    total = time.perf_counter() - t0
+    every = [r for rows in groups.values() for r in rows]
+    summ = summary(groups, radii, args.alpha)
+
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(every[0].to_dict()))
+            w.writeheader()
+            w.writerows(r.to_dict() for r in every)
+    if args.plot:
+        plot_curves(groups, args.plot, args.compare)
+    if args.json:
+        print(json.dumps({"summary": summ, "time_s": round(total, 3)}))
+        return ExitCode.PROVED
+    if not args.quiet:
+        rows = [[Path(r.model).name, f"{r.sigma:g}", r.index, r.label, "abstain" if r.prediction is None else r.prediction,
+                 f"{r.radius:.4f}", "yes" if r.correct else "no", f"{r.time_s:.3f}"]
+                + ([f"{r.det_radius:.4f}"] if args.compare else []) for r in every]
+        print(_table(rows, ["model", "sigma", "index", "label", "prediction", "radius", "correct", "time_s"]
+                     + ([f"{args.compare}_radius"] if args.compare else [])))
+        print()
+    header = ["model", "sigma", "method"] + [f"r={r:g}" for r in radii]
+    table = []
+    for s in summ:
+        table.append([Path(s["model"]).name, f"{s['sigma']:g}", "smoothing"]
+                     + [f"{v:.3f}" for v in s["certified_accuracy"].values()])
+        if "deterministic_certified_accuracy" in s:
+            table.append([Path(s["model"]).name, "-", args.compare]
+                         + [f"{v:.3f}" for v in s["deterministic_certified_accuracy"].values()])
+    print("certified accuracy (smoothing: probabilistic, about the smoothed classifier g, "
+          f"alpha={args.alpha:g} per example" + (f"; {args.compare}: sound, about the base network" if args.compare
+                                                 else "") + ")")
+    print(_table(table, header))
+    print(f"\n{len(every)} certifications in {total:.2f}s" + (f"; plot written to {args.plot}" if args.plot else ""))
+    return ExitCode.PROVED
+
+
+def cmd_train(args) -> int:
+    from .cli import ExitCode, _parse_shape, check_device
+    from .data import load_labelled
+    from .models import _import_arch
+    from .training import TrainOptions, accuracy, export_onnx, save_checkpoint, train_classifier
+
+    try:
+        arch_kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as exc:
+        raise CertifyError(f"--arch-kwargs: not JSON ({exc.msg} at column {exc.colno}): {args.arch_kwargs!r}") from None
+    if not isinstance(arch_kwargs, dict):
+        raise CertifyError(f"--arch-kwargs: expected a JSON object such as '{{\"hidden\": 64}}', got {args.arch_kwargs!r}")
+    for flag, target in (("--out", args.out), ("--onnx", args.onnx)):
+        _check_out(flag, target)
+    check_device(args.device)
+    options = TrainOptions(args.epochs, args.batch_size, args.lr, args.noise_sigma, args.seed, args.device)
+    x, y = load_labelled(args.data)
+    shape = _parse_shape(args.input_shape) or tuple(x.shape[1:])
+    if math.prod(shape) != x[0].size:
+        raise CertifyError(f"--input-shape {list(shape)} has {math.prod(shape)} values but each example of "
+                           f"{args.data} has {x[0].size}")
+    module = _import_arch(args.arch, arch_kwargs)
+    progress = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm(total=options.epochs, unit="epoch", file=sys.stderr, leave=False)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if progress is not None:
+            progress.set_postfix_str(f"loss={loss:.4f}")
+            progress.update(1)
+
+    t0 = time.perf_counter()
+    try:
+        history = train_classifier(module, x, y, shape, options, on_epoch)
+    except RuntimeError as exc:  # shape errors inside the user's module
+        first = str(exc).strip().splitlines()[0][:300]
+        raise CertifyError(f"{args.arch} on inputs of shape {list(shape)}: {first}") from None
+    if progress is not None:
+        progress.close()
+    module.cpu()
+    info = {"train_loss": history[-1], "train_accuracy": accuracy(module, x, y, shape),
+            "time_s": round(time.perf_counter() - t0, 3)}
+    if args.test:
+        xt, yt = load_labelled(args.test)
+        info["test_accuracy"] = accuracy(module, xt, yt, shape)
+        if args.noise_sigma > 0:
+            info["test_accuracy_under_noise"] = accuracy(module, xt, yt, shape, args.noise_sigma, args.seed)
+    save_checkpoint(module, args.out, args.arch, arch_kwargs, shape, options, info)
+    if args.onnx:
+        export_onnx(module, args.onnx, shape)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
+    print(f"wrote {args.out}" + (f" and {args.onnx}" if args.onnx else ""))
+    return ExitCode.PROVED
