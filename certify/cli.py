@@ -248,7 +248,7 @@ def check_device(name: str) -> None:
 def cmd_verify(args) -> int:
     from . import api
     from .models import check_spec_fits, load_model
-    from .results import Verdict
+    from .results import Guarantee, Verdict
     from .vnnlib import read_vnnlib
 
     if not args.specs and not args.data:
@@ -300,6 +300,9 @@ def cmd_verify(args) -> int:
     counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
     summary = {"proved": counts[Verdict.PROVED], "falsified": counts[Verdict.FALSIFIED],
                "unknown": counts[Verdict.UNKNOWN], "total": len(results), "time_s": round(total, 3)}
+    probabilistic = sum(r.verdict is Verdict.PROVED and r.guarantee is Guarantee.PROBABILISTIC for r in results)
+    if probabilistic:
+        summary["proved_probabilistic"] = probabilistic
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
@@ -309,7 +312,9 @@ def cmd_verify(args) -> int:
                                              if r.counterexample else "")]
                     for r in results]
             print(_table(rows, ["property", "verdict", "method", "time_s", "min_bound", "note"]))
-        print(f"\n{summary['proved']} proved, {summary['falsified']} falsified, {summary['unknown']} unknown "
+        note = (f" ({probabilistic} of them only with probability, about the smoothed classifier, not the network)"
+                if probabilistic else "")
+        print(f"\n{summary['proved']} proved{note}, {summary['falsified']} falsified, {summary['unknown']} unknown "
               f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method})")
 
     if args.vnncomp_result:

@@ -53,20 +53,22 @@ def point_at(w: torch.Tensor, c: float, signed_distance: float, seed: int) -> to
     return base + signed_distance * unit
 
 
-def independent_radius(k: int, n: int, alpha: float, sigma: float) -> float:
-    """Clopper-Pearson lower bound as the root of P[Bin(n, p) >= k] = alpha, then sigma * Phi^-1."""
+def independent_radius(k: int, n: int, alpha: float, sigma: float, tv: float = 0.0) -> float:
+    """Clopper-Pearson lower bound as the root of P[Bin(n, p) >= k] = alpha, less the sampler's
+    total-variation bound, then sigma * Phi^-1."""
     if k == n:
         p = alpha ** (1.0 / n)
     else:
         p = brentq(lambda q: binom.sf(k - 1, n, q) - alpha, 1e-12, 1 - 1e-12, xtol=1e-15, rtol=1e-14)
-    return sigma * NormalDist().inv_cdf(p)
+    return sigma * NormalDist().inv_cdf(p - tv)
 
 
-@pytest.mark.parametrize("alpha", [0.05, 0.001])
-def test_certified_radius_exceeds_the_true_radius_at_most_alpha_of_the_time(alpha):
+@pytest.mark.parametrize("alpha, factorize", [(0.05, True), (0.05, False), (0.001, True)])
+def test_certified_radius_exceeds_the_true_radius_at_most_alpha_of_the_time(alpha, factorize):
     model, w, c = linear_model()
     sigma, n0, n, trials = 0.5, 50, 400, 1200
-    g = Smoothed.of_model(model, sigma)
+    g = Smoothed.of_model(model, sigma, factorize=factorize)
+    assert (g.first_layer is not None) == factorize  # 2 outputs < 5 inputs: the noise goes through the layer
     rng = np.random.default_rng(1)
     p_true = rng.uniform(0.55, 0.9995, trials)  # P(f(x + eps) = class 0) = Phi(distance / sigma)
     distances = sigma * np.array([NormalDist().inv_cdf(p) for p in p_true])
@@ -80,7 +82,8 @@ def test_certified_radius_exceeds_the_true_radius_at_most_alpha_of_the_time(alph
         true_radius = abs(float(w @ x + c)) / float(w.norm())
         failures += cert.label != 0 or cert.radius > true_radius
         # the radius is the formula's, evaluated independently from the reported count
-        assert cert.radius == pytest.approx(independent_radius(cert.top_count, n, alpha, sigma), rel=1e-7, abs=1e-9)
+        want = independent_radius(cert.top_count, n, alpha, sigma, g.sampling_tv)
+        assert cert.radius == pytest.approx(want, rel=1e-7, abs=1e-9)
     assert certified > trials / 2  # the test has power: most points are far enough to certify
     # binomial tolerance: a failure rate of alpha would exceed this count with probability < 1e-4
     limit = binom.ppf(1 - 1e-4, trials, alpha)
@@ -140,6 +143,51 @@ def test_counts_match_the_exact_class_probability():
     k = int(g.counts(x, n, generator=example_generator(0, 0))[0])
     p = NormalDist().cdf(0.3 / 0.5)
     assert abs(k / n - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_sampling_through_the_first_layer_has_the_exact_class_probability():
+    """A linear network 20 -> 6 -> 2 (no activation): f(x + eps) picks class 0 with probability
+    Phi(m(x) / (sigma ||w||)) for the end-to-end row difference w. The factorised sampler (6 Gaussians
+    instead of 20) and the plain one both estimate it to within 5 standard errors."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 6), torch.nn.Linear(6, 2))
+    model = from_module(net, (20,))
+    with torch.no_grad():
+        W = (net[1].weight @ net[0].weight).double()
+        bias = (net[1].weight @ net[0].bias + net[1].bias).double()
+    w, c = W[0] - W[1], float(bias[0] - bias[1])
+    x = torch.randn(20, dtype=torch.float64) * 0.1
+    sigma, n = 0.3, 200_000
+    p = NormalDist().cdf(float(w @ x + c) / (sigma * float(w.norm())))
+    for factorize in (True, False):
+        g = Smoothed.of_model(model, sigma, factorize=factorize)
+        assert (g.first_layer is not None) == factorize
+        k = int(g.counts(x, n, generator=example_generator(1, 0))[0])
+        assert abs(k / n - p) < 5 * math.sqrt(p * (1 - p) / n), (factorize, k / n, p)
+
+
+def test_sampling_through_a_relu_network_agrees_with_input_space_sampling():
+    """Two-sample check on an MLP with ReLUs: per class, the factorised and the plain sampler's
+    frequencies differ by less than 5 standard errors of the difference."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    model = from_module(net, (30,))
+    x, n = torch.randn(30) * 0.2, 200_000
+    a = Smoothed.of_model(model, 0.4).counts(x, n, generator=example_generator(0, 0)).double() / n
+    b = Smoothed.of_model(model, 0.4, factorize=False).counts(x, n, generator=example_generator(0, 1)).double() / n
+    se = torch.sqrt((a * (1 - a) + b * (1 - b)) / n).clamp_min(1e-6)
+    assert bool(((a - b).abs() < 5 * se).all()), (a, b)
+
+
+def test_the_first_layer_factor_is_refused_when_it_is_not_cheaper_or_not_well_posed():
+    from certify.smoothing import first_layer_factor
+
+    model = from_module(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), (4,))
+    assert Smoothed.of_model(model, 0.5).first_layer is None  # 8 outputs > 4 inputs: sample the inputs
+    singular = torch.ones(3, 10)
+    assert first_layer_factor(singular, torch.float32) is None
+    factor, tv = first_layer_factor(torch.randn(3, 10), torch.float32)
+    assert factor.dtype == torch.float32 and 0 < tv < 1e-5
 
 
 def test_bad_smoothing_arguments_are_errors():
