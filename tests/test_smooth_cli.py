@@ -152,3 +152,13 @@ def test_help_teaches(capsys):
         assert code == 0 and all(w in out for w in words), out
     code, out, _ = cli(capsys, "backends", "--json")
     assert "smoothing" in [b["name"] for b in json.loads(out)]
+
+
+def test_verify_with_the_smoothing_backend_says_its_proofs_are_probabilistic(capsys):
+    code, out, err = cli(capsys, "verify", ONNX, "--data", NPZ, "--eps", "0.05", "--norm", "2", "--limit", "2",
+                         "--method", "smoothing", "--json")
+    results, summary = json_lines(out)
+    for r in results:
+        if r["verdict"] == "proved":
+            assert r["guarantee"] == "probabilistic" and "smoothed classifier g" in r["claim"]
+    assert summary.get("proved_probabilistic", 0) == summary["proved"] > 0
