@@ -1,5 +1,5 @@
 """Command line: ``certify verify``, ``certify bench``, ``certify backends``; ``certify smooth`` and
-``certify train`` live in ``certify.cli_smooth``.
+``certify train`` live in ``certify.cli_smooth``, ``certify audit`` and ``audit-suite`` in ``certify.cli_audit``.
 
 Exit codes (never renumbered):
   0  PROVED       every property proved
@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per instance on stdout, then a summary")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    from .cli_smooth import add_parsers
+    from . import cli_audit, cli_smooth
 
-    add_parsers(sub)
+    cli_smooth.add_parsers(sub)
+    cli_audit.add_parsers(sub)
     b = sub.add_parser("backends", help="list verification backends and whether they are available")
     b.add_argument("--json", action="store_true")
     return parser
@@ -431,10 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
+    from .cli_audit import cmd_audit, cmd_audit_suite
     from .cli_smooth import cmd_smooth, cmd_train
 
     handler = {"verify": cmd_verify, "bench": cmd_bench, "backends": cmd_backends, "smooth": cmd_smooth,
-               "train": cmd_train}[args.command]
+               "train": cmd_train, "audit": cmd_audit, "audit-suite": cmd_audit_suite}[args.command]
     try:
         return int(handler(args))
     except _Usage as exc:

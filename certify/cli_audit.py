@@ -1,0 +1,114 @@
+"""``certify audit`` (one verifier on a suite with known answers), ``certify audit-suite`` (generate a
+suite with hidden counterexamples) and ``certify audit-mutations`` (inject known bugs, report the catch
+rate): parsers and handlers, registered by ``certify.cli``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import CertifyError
+
+AUDIT_EXAMPLES = """examples:
+  certify audit-suite audit_suite --instances 50 --seed 0       # generate (about a minute)
+  certify audit audit_suite --verifier crown                     # one of our backends
+  certify audit audit_suite --verifier auto --json
+  certify audit audit_suite --verifier external:/opt/tool/vnncomp/run_instance.sh --timeout 60
+  certify audit ../shared/benchmarks/acasxu/expected_results.csv --verifier bab
+
+statuses: unsound (proved on an instance with a known counterexample), bad_counterexample (a sat answer
+whose counterexample leaves the box or does not reach an unsafe clause when re-run in onnxruntime),
+contradiction (a replayed counterexample on an instance expected to hold), correct, unknown.
+Counterexamples are checked against the suite's manifest.json, independently of certify's own parser.
+
+exit codes: 0 no unsound claim and no bad counterexample, 1 at least one, 2 usage, 4 bad input
+"""
+
+SUITE_EXAMPLES = """examples:
+  certify audit-suite audit_suite                               # 50 instances, seed 0
+  certify audit-suite fresh --instances 100 --seed 7            # regenerate with fresh hidden points
+
+each sat instance hides a counterexample in a narrow ReLU pocket merged into the network (or a parallel
+branch); it is kept only if onnxruntime confirms the planted point violates the property and the attack
+gauntlet (PGD at several step sizes with restarts, uniform and corner sampling) misses it. Unsat
+instances are proved by milp. The manifest records every planted point.
+"""
+
+
+def add_parsers(sub) -> None:
+    a = sub.add_parser("audit", help="audit a verifier's soundness on a suite with known answers",
+                       description="Run one verifier on every instance of a suite and judge each answer "
+                                   "against the known one, re-running counterexamples in onnxruntime.",
+                       epilog=AUDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("suite", help="a folder with instances.csv (and manifest.json), or an instances CSV")
+    a.add_argument("--verifier", required=True, metavar="NAME",
+                   help="a backend (see 'certify backends'), auto, or external:PATH/run_instance.sh")
+    a.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
+    a.add_argument("--json", action="store_true", help="one JSON object per instance, then the totals")
+    a.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    g = sub.add_parser("audit-suite", help="generate soundness-audit instances with hidden counterexamples",
+                       description="Generate ONNX + VNN-LIB instances with planted, attack-resistant "
+                                   "counterexamples (and some proved ones), with instances.csv and manifest.json.",
+                       epilog=SUITE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("out", help="output folder")
+    g.add_argument("--instances", type=int, default=50, metavar="N")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--timeout", type=float, default=60.0, metavar="S", help="timeout written for each instance")
+    g.add_argument("--unsat-fraction", type=float, default=0.2, metavar="F", help="share of unsat instances")
+    g.add_argument("--quick", action="store_true", help="a lighter attack gauntlet (for CI-sized suites)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def cmd_audit(args) -> int:
+    from .audit.run import audit, totals
+    from .cli import ExitCode, _table
+
+    if args.timeout is not None and not args.timeout > 0:
+        raise CertifyError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        progress = tqdm(unit="instance", file=sys.stderr, leave=False)
+
+    def on_row(row):
+        if args.json:
+            print(json.dumps(row.__dict__), flush=True)
+        if progress is not None:
+            progress.set_postfix_str(row.status)
+            progress.update(1)
+
+    rows = audit(args.suite, args.verifier, args.timeout, on_row)
+    if progress is not None:
+        progress.close()
+    tot = totals(rows)
+    if args.json:
+        print(json.dumps({"summary": {"verifier": args.verifier, **tot}}))
+    else:
+        print(_table([[r.instance, r.expected or "-", r.answer, r.status, f"{r.time_s:.2f}", r.note[:80]] for r in rows],
+                     ["instance", "expected", "answer", "status", "time_s", "note"]))
+        print(f"\n{args.verifier}: {tot['unsound']} unsound, {tot['bad_counterexample']} bad counterexamples, "
+              f"{tot['contradiction']} contradictions, {tot['correct']} correct, {tot['unknown']} unknown "
+              f"of {tot['instances']} in {tot['time_s']:.1f}s")
+    return ExitCode.FALSIFIED if tot["unsound"] or tot["bad_counterexample"] else ExitCode.PROVED
+
+
+def cmd_audit_suite(args) -> int:
+    from .audit.generate import GauntletOptions, generate_suite
+    from .cli import ExitCode
+
+    if args.instances < 1:
+        raise CertifyError(f"--instances: expected a positive number, got {args.instances}")
+    if not 0 <= args.unsat_fraction < 1:
+        raise CertifyError(f"--unsat-fraction: expected a number in [0, 1), got {args.unsat_fraction}")
+    opts = GauntletOptions(restarts=128, steps=60, samples=20_000, rounds=1) if args.quick else GauntletOptions()
+    t0 = time.perf_counter()
+    records = generate_suite(args.out, args.instances, args.seed, args.timeout, opts, args.unsat_fraction,
+                             log=lambda s: print(s, file=sys.stderr))
+    sat = sum(r.expected == "sat" for r in records)
+    print(f"wrote {len(records)} instances ({sat} sat with hidden counterexamples, {len(records) - sat} unsat) "
+          f"to {Path(args.out) / 'instances.csv'} in {time.perf_counter() - t0:.1f}s")
+    return ExitCode.PROVED if len(records) == args.instances else ExitCode.UNKNOWN
