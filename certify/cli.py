@@ -1,5 +1,5 @@
 """Command line: ``certify verify``, ``certify bench``, ``certify backends``; ``certify smooth`` and
-``certify train`` live in ``certify.cli_smooth``, ``certify audit`` and ``audit-suite`` in ``certify.cli_audit``.
+``certify train`` live in ``certify.cli_smooth``, ``certify audit``, ``audit-suite`` and ``audit-mutations`` in ``certify.cli_audit``.
 
 Exit codes (never renumbered):
   0  PROVED       every property proved
@@ -432,11 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE
-    from .cli_audit import cmd_audit, cmd_audit_suite
+    from .cli_audit import cmd_audit, cmd_audit_mutations, cmd_audit_suite
     from .cli_smooth import cmd_smooth, cmd_train
 
     handler = {"verify": cmd_verify, "bench": cmd_bench, "backends": cmd_backends, "smooth": cmd_smooth,
-               "train": cmd_train, "audit": cmd_audit, "audit-suite": cmd_audit_suite}[args.command]
+               "train": cmd_train, "audit": cmd_audit, "audit-suite": cmd_audit_suite,
+               "audit-mutations": cmd_audit_mutations}[args.command]
     try:
         return int(handler(args))
     except _Usage as exc:

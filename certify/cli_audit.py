@@ -61,6 +61,21 @@ def add_parsers(sub) -> None:
     g.add_argument("--quick", action="store_true", help="a lighter attack gauntlet (for CI-sized suites)")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    m = sub.add_parser("audit-mutations", help="inject known bugs into certify and report how many the audit catches",
+                       description="The mutation audit: each bug of the catalogue is injected in turn and the "
+                                   "audit's checks (bound containment against the eager model, exact rational "
+                                   "values, VNN-LIB against the suite manifest, tight properties, certify audit "
+                                   "of our backends on SUITE) must catch it. The checks first run unmutated and "
+                                   "must pass.",
+                       epilog="example:\n  certify audit-suite audit_suite --instances 10 --quick\n"
+                              "  certify audit-mutations audit_suite --json\n\nexit codes: 0 every mutation "
+                              "caught and the unmutated checks pass, 1 otherwise",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("suite", help="a suite folder written by certify audit-suite")
+    m.add_argument("--only", metavar="NAME,...", help="only these mutations (names as in the table)")
+    m.add_argument("--json", action="store_true", help="one JSON object per mutation, then the summary")
+    m.add_argument("--debug", action="store_true", help="show tracebacks")
+
 
 def cmd_audit(args) -> int:
     from .audit.run import audit, totals
@@ -94,6 +109,34 @@ def cmd_audit(args) -> int:
               f"{tot['contradiction']} contradictions, {tot['correct']} correct, {tot['unknown']} unknown "
               f"of {tot['instances']} in {tot['time_s']:.1f}s")
     return ExitCode.FALSIFIED if tot["unsound"] or tot["bad_counterexample"] else ExitCode.PROVED
+
+
+def cmd_audit_mutations(args) -> int:
+    from .audit.mutations import CATALOGUE, run_mutation_audit
+    from .cli import ExitCode, _table
+
+    suite = Path(args.suite)
+    if not (suite / "manifest.json").exists():
+        raise CertifyError(f"{suite}: no manifest.json; make a suite with certify audit-suite")
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    unknown = sorted(set(only or []) - {m.name for m in CATALOGUE})
+    if unknown:
+        raise CertifyError(f"--only: unknown mutation(s) {unknown}; known: {', '.join(m.name for m in CATALOGUE)}")
+    outcomes, control = run_mutation_audit(suite, only=only, log=lambda s: print(s, file=sys.stderr))
+    caught = sum(o.caught for o in outcomes)
+    rate = caught / len(outcomes) if outcomes else 0.0
+    if args.json:
+        for o in outcomes:
+            print(json.dumps(o.__dict__))
+        print(json.dumps({"summary": {"mutations": len(outcomes), "caught": caught, "catch_rate": rate,
+                                      "control_failures": control}}))
+    else:
+        print(_table([[o.name, "yes" if o.caught else "NO", o.by or "-", o.description] for o in outcomes],
+                     ["mutation", "caught", "by check", "bug"]))
+        if control:
+            print("\nTHE UNMUTATED CHECKS FAIL (the audit is broken):\n  " + "\n  ".join(control))
+        print(f"\ncaught {caught} of {len(outcomes)} mutations ({100 * rate:.0f} %)")
+    return ExitCode.PROVED if caught == len(outcomes) and not control else ExitCode.FALSIFIED
 
 
 def cmd_audit_suite(args) -> int:

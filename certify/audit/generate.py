@@ -402,3 +402,24 @@ def generate_suite(out: str | Path, n: int = 50, seed: int = 0, timeout: float =
                 "gauntlet": asdict(gauntlet_options), "time_s": round(time.perf_counter() - t0, 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return records
+
+
+def rerun_gauntlet(suite: str | Path, options: GauntletOptions) -> tuple[int, int, list[str]]:
+    """The gauntlet again, with ``options`` (use a fresh seed and more effort than at generation), on every
+    sat instance of a suite: ``(found, sat instances, names found)``."""
+    from ..models import load_model
+    from ..vnnlib import read_vnnlib
+
+    suite = Path(suite)
+    manifest = json.loads((suite / "manifest.json").read_text())
+    found, names, total = 0, [], 0
+    for r in manifest["instances"]:
+        if r["expected"] != "sat":
+            continue
+        total += 1
+        model = load_model(suite / r["onnx"])
+        spec = read_vnnlib(suite / r["vnnlib"]).specs[0]
+        if gauntlet(model, spec, options) is not None:
+            found += 1
+            names.append(r["name"])
+    return found, total, names
