@@ -25,17 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .generate import ResidualMLP
+
 Check = Callable[[], list[str]]
-
-
-class _Res(nn.Module):
-    def __init__(self, d: int, h: int, k: int):
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, k)
-
-    def forward(self, x):
-        z = torch.relu(self.a(x.reshape(x.shape[0], -1)))
-        return self.c(torch.relu(z + self.b(z)))
 
 
 class _Conv(nn.Module):
@@ -59,7 +51,7 @@ def random_networks(seed: int = 0) -> list[tuple[str, nn.Module, tuple[int, ...]
 
     nets = [("mlp_relu", mlp(nn.ReLU), (d,)), ("mlp_leaky", mlp(lambda: nn.LeakyReLU(0.1)), (d,)),
             ("mlp_sigmoid", mlp(nn.Sigmoid), (d,)), ("mlp_tanh", mlp(nn.Tanh), (d,)),
-            ("residual", _Res(d, h, k), (d,)), ("conv_max", _Conv("max"), (1, 6, 6)),
+            ("residual", ResidualMLP(d, h, k), (d,)), ("conv_max", _Conv("max"), (1, 6, 6)),
             ("conv_avg", _Conv("avg"), (1, 6, 6)), ("affine", nn.Sequential(nn.Linear(d, h), nn.Linear(h, k)), (d,)),
             ("mlp_bn", nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.BatchNorm1d(h), nn.Linear(h, k)), (d,))]
     for _, net, _ in nets:

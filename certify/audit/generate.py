@@ -83,7 +83,7 @@ class PlantedRecord:
 # ----------------------------------------------------------------------------------------------
 
 
-class _Residual(nn.Module):
+class ResidualMLP(nn.Module):
     def __init__(self, d: int, h: int, k: int):
         super().__init__()
         self.inp, self.block, self.out = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(h, k)
@@ -121,7 +121,7 @@ def _body(arch: str, d: int, k: int, side: int) -> nn.Module:
     if arch == "mlp_bn":
         return nn.Sequential(nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, k))
     if arch == "residual":
-        return _Residual(d, h, k)
+        return ResidualMLP(d, h, k)
     if arch in ("cnn", "cnn_bn"):
         return _CNN(side, k, arch == "cnn_bn")
     raise ValueError(f"unknown architecture {arch!r}")
