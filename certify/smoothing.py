@@ -247,7 +247,7 @@ class Smoothed:
                 logits = forward(buf[:b].normal_(0.0, self.sigma, generator=generator).add_(x0))
             if logits.shape[-1] != self.n_classes:
                 raise ShapeError("base classifier outputs (expected vs got)", self.n_classes, logits.shape[-1])
-            total += torch.bincount(logits.reshape(b, -1).argmax(1), minlength=self.n_classes)
+            total += torch.bincount(logits.reshape(b, -1).max(1).indices, minlength=self.n_classes)
             done += b
         return total.cpu()
 
