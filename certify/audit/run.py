@@ -113,7 +113,7 @@ def _ours(verifier: str, onnx: Path, vnnlib: Path, timeout: float, cache: dict) 
         cache[onnx] = load_model(onnx)
     result = api.verify(cache[onnx], read_vnnlib(vnnlib), verifier, timeout=timeout)
     cex = result.counterexample.x if result.verdict is Verdict.FALSIFIED else None
-    return answer([result]), cex, result.reason
+    return answer([result]), cex, result.reason or result.claim
 
 
 def _external(script: Path, onnx: Path, vnnlib: Path, timeout: float) -> tuple[str, np.ndarray | None, str]:
@@ -164,7 +164,7 @@ def judge(expected: str | None, word: str, cex: np.ndarray | None, truth: Truth 
         if expected == "unsat":
             return CONTRADICTION, "a replayed counterexample on an instance expected to hold"
         return (CORRECT, "") if expected == "sat" else (UNKNOWN, "no expected answer")
-    return UNKNOWN, word
+    return UNKNOWN, ""  # the row keeps the verifier's own reason
 
 
 def audit(suite: str | Path, verifier: str, timeout: float | None = None,
