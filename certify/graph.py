@@ -56,6 +56,12 @@ class Graph:
         return torch.float64
 
     @property
+    def runtime_dtype(self) -> torch.dtype:
+        """The precision the model's own runtime computes in (``meta["runtime_dtype"]``, recorded by the
+        importer from the ONNX input type; float32 when unknown). The graph's parameters are float64."""
+        return getattr(torch, str(self.meta.get("runtime_dtype", "float32")))
+
+    @property
     def device(self) -> torch.device:
         for node in self.nodes:
             for v in node.params.values():

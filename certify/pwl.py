@@ -268,7 +268,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
     if input_set.batch_size != 1:
         raise ValueError("lower takes a single-instance input set")
     if eval_dtype is None:
-        eval_dtype = getattr(torch, str(graph.meta.get("runtime_dtype", "float32")))
+        eval_dtype = graph.runtime_dtype
     u_eval = unit_roundoff(eval_dtype)
     u64 = unit_roundoff(torch.float64)
     g64 = graph.to(device="cpu", dtype=torch.float64)

@@ -206,9 +206,7 @@ class Smoothed:
     def of_model(cls, model, sigma: float, device: torch.device | str = "cpu", factorize: bool = True) -> "Smoothed":
         """``g`` for a loaded ``Model``: its graph, evaluated in the model's runtime dtype on ``device``;
         ``factorize``: sample through the first layer when that is cheaper (module docstring)."""
-        dtype = model.graph.meta.get("runtime_dtype", torch.float32)
-        if not isinstance(dtype, torch.dtype):
-            dtype = torch.float32
+        dtype = model.graph.runtime_dtype
         graph = model.graph.to(device=device, dtype=dtype)
         first = split_first_layer(graph, dtype) if factorize else None
         return cls(graph.forward, model.n_outputs, sigma, model.input_shape, device, dtype, first)

@@ -269,3 +269,30 @@ def test_certified_accuracy_counts_correct_and_large_enough():
 
     pairs = [(True, 0.5), (True, 0.0), (False, 2.0), (True, 1.0)]
     assert certified_accuracy([0.0, 0.5, 0.75, 1.0, 1.5], pairs) == [0.75, 0.5, 0.25, 0.25, 0.0]
+
+
+def test_noise_is_sampled_in_the_precision_of_the_model_runtime(tmp_path):
+    """A float64 ONNX model is smoothed in float64 (the runtime's precision), a float32 one in float32;
+    both give the exact class probability of the linear classifier."""
+    import warnings
+
+    from certify.models import load_model
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(D, 2).double()
+    w = (lin.weight[0] - lin.weight[1]).detach()
+    c = float((lin.bias[0] - lin.bias[1]).detach())
+    path = tmp_path / "lin64.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(lin, (torch.zeros(1, D, dtype=torch.float64),), str(path), dynamo=False,
+                          input_names=["input"], output_names=["output"], opset_version=17)
+    x = point_at(w, c, 0.2, seed=0)
+    p = NormalDist().cdf(0.2 / 0.5)
+    n = 100_000
+    for model, dtype in ((load_model(path), torch.float64), (linear_model()[0], torch.float32)):
+        g = Smoothed.of_model(model, 0.5, factorize=False)
+        assert g.dtype == dtype
+    g = Smoothed.of_model(load_model(path), 0.5)
+    k = int(g.counts(x, n, generator=example_generator(0, 0))[0])
+    assert abs(k / n - p) < 5 * math.sqrt(p * (1 - p) / n)
