@@ -234,6 +234,34 @@ def _check_memory_limit(value: float | None) -> None:
         raise CertifyError(f"--memory-limit: expected a positive number of MiB, got {value}")
 
 
+def check_output_paths(*targets: tuple[str, str | None]) -> None:
+    """``(flag, path)`` pairs: a path whose directory does not exist is an input error before any work."""
+    for flag, target in targets:
+        if target and not Path(target).resolve().parent.is_dir():
+            raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
+
+
+class Progress:
+    """A progress bar on stderr when it is a terminal and ``enabled``; otherwise it does nothing."""
+
+    def __init__(self, total: int | None, unit: str, enabled: bool = True):
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+
+    def step(self, note: str = "") -> None:
+        if self._bar is not None:
+            if note:
+                self._bar.set_postfix_str(note)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def check_device(name: str) -> None:
     """An unknown or unavailable ``--device`` is an input error before any work."""
     import torch
@@ -259,9 +287,7 @@ def cmd_verify(args) -> int:
     if not args.timeout >= 0:  # negative or nan; checked here to name the flag and fail before loading anything
         raise CertifyError(f"--timeout: expected a non-negative number of seconds, got {args.timeout}")
     _check_memory_limit(args.memory_limit)
-    for flag, target in (("--out", args.out), ("--vnncomp-result", args.vnncomp_result)):
-        if target and not Path(target).resolve().parent.is_dir():  # fail before the work, not after
-            raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
+    check_output_paths(("--out", args.out), ("--vnncomp-result", args.vnncomp_result))
     check_device(args.device)
     if args.method != "auto":
         from . import registry
@@ -278,11 +304,7 @@ def cmd_verify(args) -> int:
     else:
         props = _robustness_properties(model, args)
 
-    progress = None
-    if len(props) > 1 and sys.stderr.isatty() and not args.json:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(props), unit="prop", file=sys.stderr, leave=False)
+    progress = Progress(len(props), "prop", enabled=len(props) > 1 and not args.json)
     results = []
     t0 = time.perf_counter()
     for prop in props:
@@ -291,11 +313,8 @@ def cmd_verify(args) -> int:
         results.append(r)
         if args.json:
             print(json.dumps({"source": prop.source, **r.to_dict()}), flush=True)
-        if progress is not None:
-            progress.set_postfix_str(f"{r.verdict.value}")
-            progress.update(1)
-    if progress is not None:
-        progress.close()
+        progress.step(r.verdict.value)
+    progress.close()
     total = time.perf_counter() - t0
 
     counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
@@ -363,17 +382,11 @@ def cmd_bench(args) -> int:
     if args.every < 1:
         raise _Usage(f"--every: expected a positive integer, got {args.every}")
     _check_memory_limit(args.memory_limit)
-    for flag, target in (("--csv", args.csv), ("--markdown", args.markdown)):
-        if target and not Path(target).resolve().parent.is_dir():
-            raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
+    check_output_paths(("--csv", args.csv), ("--markdown", args.markdown))
     if args.method != "auto":
         registry.get(args.method)
     instances = bench.read_instances(args.instances)[:: args.every]
-    progress = None
-    if sys.stderr.isatty() and not args.json:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(instances), unit="instance", file=sys.stderr, leave=False)
+    progress = Progress(len(instances), "instance", enabled=not args.json)
     wrong = 0
     log = bench.CsvLog(args.csv) if args.csv else None
 
@@ -384,16 +397,13 @@ def cmd_bench(args) -> int:
             log.write(o)
         if args.json:
             print(json.dumps({**o.__dict__, "correct": o.correct, "wrong": o.wrong}), flush=True)
-        if progress is not None:
-            progress.set_postfix_str(f"{Path(o.vnnlib).stem}: {o.answer}, wrong {wrong}")
-            progress.update(1)
+        progress.step(f"{Path(o.vnnlib).stem}: {o.answer}, wrong {wrong}")
 
     try:
         outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device,
                              memory_mb=args.memory_limit, on_outcome=report)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
         if log is not None:
             log.close()
     title = Path(args.instances).parent.name or Path(args.instances).stem

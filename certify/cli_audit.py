@@ -79,26 +79,19 @@ def add_parsers(sub) -> None:
 
 def cmd_audit(args) -> int:
     from .audit.run import audit, totals
-    from .cli import ExitCode, _table
+    from .cli import ExitCode, Progress, _table
 
     if args.timeout is not None and not args.timeout > 0:
         raise CertifyError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
-    progress = None
-    if sys.stderr.isatty() and not args.json:
-        from tqdm import tqdm
-
-        progress = tqdm(unit="instance", file=sys.stderr, leave=False)
+    progress = Progress(None, "instance", enabled=not args.json)
 
     def on_row(row):
         if args.json:
             print(json.dumps(row.__dict__), flush=True)
-        if progress is not None:
-            progress.set_postfix_str(row.status)
-            progress.update(1)
+        progress.step(row.status)
 
     rows = audit(args.suite, args.verifier, args.timeout, on_row)
-    if progress is not None:
-        progress.close()
+    progress.close()
     tot = totals(rows)
     if args.json:
         print(json.dumps({"summary": {"verifier": args.verifier, **tot}}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -112,13 +111,8 @@ def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
                        "or one sigma per model")
 
 
-def _check_out(flag: str, target: str | None) -> None:
-    if target and not Path(target).resolve().parent.is_dir():
-        raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
-
-
 def cmd_smooth(args) -> int:
-    from .cli import ExitCode, _parse_shape, _table, check_device
+    from .cli import ExitCode, Progress, _parse_shape, _table, check_device, check_output_paths
     from .data import load_labelled
     from .errors import ShapeError
     from .models import load_model
@@ -130,8 +124,7 @@ def cmd_smooth(args) -> int:
         raise CertifyError(f"--n0, --n and --batch must be positive, got {args.n0}, {args.n}, {args.batch}")
     if not 0 < args.alpha < 1:
         raise CertifyError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
-    for flag, target in (("--plot", args.plot), ("--csv", args.csv)):
-        _check_out(flag, target)
+    check_output_paths(("--plot", args.plot), ("--csv", args.csv))
     check_device(args.device)
     if args.compare:
         from . import registry
@@ -150,11 +143,7 @@ def cmd_smooth(args) -> int:
                                    f"{Path(path).name} has {m.n_outputs} outputs")
             models[path] = m
 
-    progress = None
-    if sys.stderr.isatty() and not args.json:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(pairs) * len(y), unit="example", file=sys.stderr, leave=False)
+    progress = Progress(len(pairs) * len(y), "example", enabled=not args.json)
     groups: dict[str, list] = {}
     t0 = time.perf_counter()
     for path, sigma in pairs:
@@ -169,16 +158,13 @@ def cmd_smooth(args) -> int:
             rows.append(row)
             if args.json:
                 print(json.dumps(row.to_dict()), flush=True)
-            if progress is not None:
-                progress.set_postfix_str(f"sigma={sigma:g}")
-                progress.update(1)
+            progress.step(f"sigma={sigma:g}")
 
         rows: list = []
         certify_dataset(model, x, y, sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch,
                         seed=args.seed, device=args.device, name=path, on_row=on_row)
         groups[group_label(rows)] = rows
-    if progress is not None:
-        progress.close()
+    progress.close()
     total = time.perf_counter() - t0
     every = [r for rows in groups.values() for r in rows]
     summ = summary(groups, radii, args.alpha)
@@ -219,7 +205,7 @@ def cmd_smooth(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .cli import ExitCode, _parse_shape, check_device
+    from .cli import ExitCode, Progress, _parse_shape, check_device, check_output_paths
     from .data import load_labelled
     from .models import _import_arch
     from .training import TrainOptions, accuracy, export_onnx, save_checkpoint, train_classifier
@@ -230,8 +216,7 @@ def cmd_train(args) -> int:
         raise CertifyError(f"--arch-kwargs: not JSON ({exc.msg} at column {exc.colno}): {args.arch_kwargs!r}") from None
     if not isinstance(arch_kwargs, dict):
         raise CertifyError(f"--arch-kwargs: expected a JSON object such as '{{\"hidden\": 64}}', got {args.arch_kwargs!r}")
-    for flag, target in (("--out", args.out), ("--onnx", args.onnx)):
-        _check_out(flag, target)
+    check_output_paths(("--out", args.out), ("--onnx", args.onnx))
     check_device(args.device)
     options = TrainOptions(args.epochs, args.batch_size, args.lr, args.noise_sigma, args.seed, args.device)
     x, y = load_labelled(args.data)
@@ -240,16 +225,10 @@ def cmd_train(args) -> int:
         raise CertifyError(f"--input-shape {list(shape)} has {math.prod(shape)} values but each example of "
                            f"{args.data} has {x[0].size}")
     module = _import_arch(args.arch, arch_kwargs)
-    progress = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        progress = tqdm(total=options.epochs, unit="epoch", file=sys.stderr, leave=False)
+    progress = Progress(options.epochs, "epoch")
 
     def on_epoch(epoch: int, loss: float) -> None:
-        if progress is not None:
-            progress.set_postfix_str(f"loss={loss:.4f}")
-            progress.update(1)
+        progress.step(f"loss={loss:.4f}")
 
     t0 = time.perf_counter()
     try:
@@ -257,8 +236,7 @@ def cmd_train(args) -> int:
     except RuntimeError as exc:  # shape errors inside the user's module
         first = str(exc).strip().splitlines()[0][:300]
         raise CertifyError(f"{args.arch} on inputs of shape {list(shape)}: {first}") from None
-    if progress is not None:
-        progress.close()
+    progress.close()
     module.cpu()
     info = {"train_loss": history[-1], "train_accuracy": accuracy(module, x, y, shape),
             "time_s": round(time.perf_counter() - t0, 3)}

@@ -66,6 +66,16 @@ def certified_accuracy(radii: Sequence[float], certified: Sequence[tuple[bool, f
     return [float(np.mean(ok & (rad >= r))) for r in radii]
 
 
+def smoothing_pairs(rows: Sequence[SmoothRow]) -> list[tuple[bool, float]]:
+    """``(correct, radius)`` of the smoothed classifier, per example."""
+    return [(r.correct, r.radius) for r in rows]
+
+
+def deterministic_pairs(rows: Sequence[SmoothRow]) -> list[tuple[bool, float]]:
+    """``(proved at some radius, largest radius found)`` for the base network, per example."""
+    return [(r.det_radius > 0, r.det_radius) for r in rows]
+
+
 def largest_proved_radius(model: Model, x: np.ndarray, label: int, method: str = "crown", *, start: float = 0.05,
                           max_radius: float = 8.0, steps: int = 8, timeout: float = 10.0, device: str = "cpu") -> float:
     """The largest L2 radius found, by doubling from ``start`` and then ``steps`` bisections, at which
@@ -116,10 +126,10 @@ def plot_curves(groups: dict[str, list[SmoothRow]], path: str, compare: str | No
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (label, rows) in enumerate(groups.items()):
         color = f"C{i}"
-        acc = certified_accuracy(grid, [(r.correct, r.radius) for r in rows])
+        acc = certified_accuracy(grid, smoothing_pairs(rows))
         ax.plot(grid, acc, color=color, label=f"{label} (smoothing, probabilistic)")
         if compare and all(r.det_radius is not None for r in rows):
-            det = certified_accuracy(grid, [(r.det_radius > 0, r.det_radius) for r in rows])
+            det = certified_accuracy(grid, deterministic_pairs(rows))
             ax.plot(grid, det, color=color, linestyle="--", label=f"{label} base network, {compare} (sound)")
     ax.set_xlabel("L2 radius")
     ax.set_ylabel("certified accuracy")
@@ -144,10 +154,10 @@ def summary(groups: dict[str, list[SmoothRow]], radii: Sequence[float], alpha: f
                  "alpha": alpha, "abstained": sum(r.prediction is None for r in rows),
                  "clean_accuracy_of_g": sum(r.correct for r in rows) / len(rows),
                  "certified_accuracy": dict(zip([f"{r:g}" for r in radii],
-                                                certified_accuracy(radii, [(r.correct, r.radius) for r in rows]))),
+                                                certified_accuracy(radii, smoothing_pairs(rows)))),
                  "time_s": sum(r.time_s for r in rows)}
         if all(r.det_radius is not None for r in rows):
             entry["deterministic_certified_accuracy"] = dict(zip(
-                [f"{r:g}" for r in radii], certified_accuracy(radii, [(r.det_radius > 0, r.det_radius) for r in rows])))
+                [f"{r:g}" for r in radii], certified_accuracy(radii, deterministic_pairs(rows))))
         out.append(entry)
     return out

@@ -33,6 +33,7 @@ from torch import nn
 from ..spec import Clause, Property, Spec
 from ..sets import Box
 from .planted import Spike, plant
+from .run import onnx_output
 
 ARCHS = ("mlp_relu", "mlp_relu_deep", "mlp_tanh", "mlp_sigmoid", "cnn", "cnn_bn", "residual", "mlp_bn")
 KINDS = ("robustness", "targeted", "conjunction", "coefficients")
@@ -243,14 +244,6 @@ def _pocket_width(d: int, radius: float, hit_probability: float = 1e-9) -> float
     return min(w, radius / 2)
 
 
-def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return sess.run(None, {name: x.astype(np.float32)})[0].astype(np.float64)
-
-
 def _clause_margin(clause: Clause, y: np.ndarray) -> float:
     C, d = clause.C[0].numpy(), clause.d[0].numpy()
     return float((C @ y.reshape(-1) - d).max())
@@ -328,7 +321,7 @@ def make_instance(out: Path, index: int, seed: int, expected: str, arch: str, ki
                            list(shape), radius, lo.tolist(), hi.tolist(),
                            [{"C": c.C[0].tolist(), "d": c.d[0].tolist()} for c in clauses], seed=seed)
     if expected == "sat":
-        y = _onnx_outputs(onnx_path, x_star.numpy().reshape(1, *shape))
+        y = onnx_output(onnx_path, x_star.numpy(), shape)
         m = _clause_margin(clauses[target], y)
         if not m <= -margin:
             log(f"instance {index}: planted point replays with margin {m:.3g} > -{margin}")

@@ -272,6 +272,14 @@ class MutationOutcome:
     time_s: float
 
 
+def _failures(check) -> list[str]:
+    """A check's failure messages; a check that raises has failed (a crash is a caught bug)."""
+    try:
+        return check()
+    except Exception as exc:
+        return [f"raised {type(exc).__name__}: {str(exc)[:200]}"]
+
+
 def run_mutation_audit(suite: str | Path, checks=None, only: list[str] | None = None,
                        log: Callable[[str], None] = lambda s: None) -> tuple[list[MutationOutcome], list[str]]:
     """``(outcomes, control_failures)``: the checks on the unmutated code (must be empty), then each
@@ -279,13 +287,7 @@ def run_mutation_audit(suite: str | Path, checks=None, only: list[str] | None = 
     from .differential import default_checks
 
     checks = checks if checks is not None else default_checks(Path(suite))
-    control = []
-    for name, check in checks:
-        try:
-            fails = check()
-        except Exception as exc:  # pragma: no cover - a broken check is reported, not hidden
-            fails = [f"raised {type(exc).__name__}: {exc}"]
-        control += [f"{name}: {f}" for f in fails]
+    control = [f"{name}: {f}" for name, check in checks for f in _failures(check)]
     outcomes = []
     for m in CATALOGUE:
         if only and m.name not in only:
@@ -294,10 +296,7 @@ def run_mutation_audit(suite: str | Path, checks=None, only: list[str] | None = 
         caught, by, detail = False, "", ""
         with m.inject():
             for name, check in checks:
-                try:
-                    fails = check()
-                except Exception as exc:
-                    fails = [f"raised {type(exc).__name__}: {str(exc)[:200]}"]
+                fails = _failures(check)
                 if fails:
                     caught, by, detail = True, name, fails[0][:300]
                     break
