@@ -9,9 +9,18 @@ Reading converts the conjunction of all ``assert`` commands to disjunctive norma
 disjunct the atoms over inputs only must be single-variable bounds (they form an axis-aligned box)
 and the atoms over outputs only become the rows ``C y <= d`` of one unsafe :class:`Clause`.
 Disjuncts with the same box are grouped into one :class:`Spec` (order of first appearance), and
-the file becomes a :class:`Property` that holds iff every spec holds. Strict comparisons are read
-as non-strict (the closure of the set), which is the usual VNN-COMP convention. Numbers are parsed
-with ``float`` (round to nearest); soundness margins are added by the engine, not here.
+the file becomes a :class:`Property` that holds iff every spec holds.
+
+Arithmetic is exact: every literal is read as a ``fractions.Fraction`` (``0.1`` is ``1/10``) and the
+linear terms are combined, scaled and divided in rationals, so ``(<= (+ Y_0 1e16) (+ 1e16 1))`` is
+``Y_0 <= 1``. Only the final bounds are rounded to float64, each in the direction that keeps proofs
+sound: input bounds *outward* (lower bounds down, upper bounds up, so the float box contains the
+exact box) and output rows ``C y <= d`` to the *nearest* float (the engine subtracts that
+representation error, ``u |C| |y| + u |d|``, itself; rounding here as well would count it twice). The
+exact rationals are kept in :attr:`Spec.exact_input` (an :class:`~certify.spec.ExactBox`) and
+:attr:`Clause.exact`, with the strictness of every comparison: proofs use the float closure (a
+closed set containing the strict one), while a counterexample must satisfy the exact, strict
+statement. A constant whose float64 rounding overflows is an error.
 
 Supported syntax: ``(declare-const X_i Real)`` / ``(declare-const Y_j Real)``, ``;`` comments,
 ``(assert F)`` where ``F`` nests ``and``/``or`` over comparisons ``<= >= < >`` (chains such as
@@ -28,6 +37,7 @@ import gzip
 import itertools
 import math
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
@@ -36,7 +46,7 @@ import torch
 
 from .errors import ShapeError, SpecError
 from .sets import Box, LpBall
-from .spec import Clause, Property, Spec
+from .spec import Clause, ExactBox, Property, Spec, round_float
 
 PathLike = Union[str, Path]
 
@@ -44,10 +54,13 @@ PathLike = Union[str, Path]
 MAX_DISJUNCTS = 100_000
 
 _TOKEN_RE = re.compile(r"[ \t\r\f\v]+|(\n)|(;[^\n]*)|(\()|(\))|([^\s();]+)")
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE]([+-]?\d+))?\Z")
+#: Decimal exponents beyond this magnitude are rejected (the exact value would need huge integers).
+MAX_EXPONENT = 10_000
 _NUMBERISH_RE = re.compile(r"[+-]?\.?\d")
 _VAR_RE = re.compile(r"([XY])_(\d+)\Z")
-_LESS = frozenset({"<=", "<"})  # strict comparisons are read as non-strict
+_LESS = frozenset({"<=", "<"})
+_STRICT = frozenset({"<", ">"})
 _COMPARISONS = _LESS | {">=", ">"}
 _IGNORED_COMMANDS = frozenset({"check-sat", "get-model", "exit", "set-logic", "set-info", "set-option"})
 _TOP_COMMANDS = frozenset({"assert", "declare-const"}) | _IGNORED_COMMANDS
@@ -171,11 +184,12 @@ def _stem(path: PathLike) -> str:
 # Terms and formulas
 # --------------------------------------------------------------------------------------------
 
-# A linear term is (coefficients, constant) with coefficients keyed by ("X", i) / ("Y", j).
-_Term = tuple[dict, float]
-# Atoms after classification (plain tuples, there are many):
-#   ("x", i, is_upper, value, line)   meaning X_i <= value (is_upper) or X_i >= value
-#   ("y", {j: c}, d, line)            meaning sum_j c * Y_j <= d
+# A linear term is (coefficients, constant) with coefficients keyed by ("X", i) / ("Y", j); all
+# numbers are exact rationals (Fraction, or int where they are small integers).
+_Term = tuple[dict, Fraction]
+# Atoms after classification (plain tuples, there are many), values exact:
+#   ("x", i, is_upper, value, strict, line)   meaning X_i <= value (is_upper) or X_i >= value (< / > if strict)
+#   ("y", {j: c}, d, strict, line)            meaning sum_j c * Y_j <= d (< if strict)
 
 
 class _Reader:
@@ -191,22 +205,32 @@ class _Reader:
 
     # ---- terms ----------------------------------------------------------------------------
 
-    def number(self, node: _Atom) -> float:
-        value = float(node.text)
-        if not math.isfinite(value):
-            raise self.error(f"number out of range: {node.text!r}", node.line)
+    def number(self, node: _Atom, match: re.Match | None = None) -> Fraction:
+        """The exact value of a numeric literal; an error if its float64 rounding overflows (or its
+        exponent exceeds :data:`MAX_EXPONENT`)."""
+        text = node.text
+        match = match or _NUMBER_RE.match(text)
+        exponent = match.group(1) if match else None
+        if exponent is not None and abs(int(exponent)) > MAX_EXPONENT:
+            if any(ch in "123456789" for ch in text[: match.start(1)]):
+                raise self.error(f"number out of range: {text!r}", node.line)
+            return Fraction(0)
+        value = Fraction(text)
+        if math.isinf(round_float(value)):
+            raise self.error(f"number out of range: {text!r}", node.line)
         return value
 
     def term(self, node: _Node) -> _Term:
         if isinstance(node, _Atom):
             text = node.text
-            if _NUMBER_RE.match(text):
-                return {}, self.number(node)
+            m = _NUMBER_RE.match(text)
+            if m:
+                return {}, self.number(node, m)
             if _NUMBERISH_RE.match(text):
                 raise self.error(f"expected a number, got {text!r}", node.line)
             var = self.vars.get(text)
             if var is not None:
-                return {var: 1.0}, 0.0
+                return {var: 1}, 0
             if _VAR_RE.match(text):
                 raise self.error(f"use of undeclared variable {text!r}", node.line)
             raise self.error(f"expected a number or a variable (X_<int>, Y_<int>), got {text!r}", node.line)
@@ -222,13 +246,13 @@ class _Reader:
             raise self.error(f"'{op}' needs at least one argument", node.line)
         terms = [self.term(a) for a in args]
         if op == "+":
-            return _sum(terms, [1.0] * len(terms))
+            return _sum(terms, [1] * len(terms))
         if op == "-":
             if len(terms) == 1:
-                return _scale(terms[0], -1.0)
-            return _sum(terms, [1.0] + [-1.0] * (len(terms) - 1))
+                return _scale(terms[0], -1)
+            return _sum(terms, [1] + [-1] * (len(terms) - 1))
         # '*': all factors but one must be constants
-        factor = 1.0
+        factor = 1
         variable: _Term | None = None
         for arg, t in zip(args, terms):
             if t[0]:
@@ -247,22 +271,22 @@ class _Reader:
         if len(args) < 2:
             raise self.error(f"'{op}' needs two arguments, got {len(args)}", node.line)
         terms = [self.term(a) for a in args]
+        strict = op in _STRICT
         out = []
         for a, b in zip(terms, terms[1:]):
             lhs, rhs = (a, b) if op in _LESS else (b, a)
             coefs = dict(lhs[0])
             for k, c in rhs[0].items():
-                coefs[k] = coefs.get(k, 0.0) - c
-            out.append(self.classify(coefs, 0.0 - (lhs[1] - rhs[1]), node))
+                coefs[k] = coefs.get(k, 0) - c
+            out.append(self.classify(coefs, rhs[1] - lhs[1], strict, node))
         return out
 
-    def classify(self, coefs: dict, bound: float, node: _List):
-        """``sum coefs * vars <= bound`` as an input bound, an output row or a constant truth value."""
-        xs = [(k[1], c) for k, c in coefs.items() if k[0] == "X" and c != 0.0]
+    def classify(self, coefs: dict, bound: Fraction, strict: bool, node: _List):
+        """``sum coefs * vars <= bound`` (``<`` if ``strict``), all exact, as an input bound, an output row
+        or a constant truth value. Checks that the float64 roundings used later are finite."""
+        xs = [(k[1], c) for k, c in coefs.items() if k[0] == "X" and c != 0]
         ys = {k[1]: c for k, c in coefs.items() if k[0] == "Y"}
-        if not math.isfinite(bound):
-            raise self.error("constant out of range in comparison", node.line)
-        if xs and any(c != 0.0 for c in ys.values()):
+        if xs and any(c != 0 for c in ys.values()):
             raise self.error(
                 f"mixed input/output constraint {_show(node)!r}: an atom may mention X or Y variables, not both",
                 node.line,
@@ -275,13 +299,16 @@ class _Reader:
                     node.line,
                 )
             i, c = xs[0]
-            value = bound / c + 0.0  # + 0.0 turns -0.0 into 0.0
-            if not math.isfinite(value):
+            value = Fraction(bound) / c  # exact: c * X_i <= b is X_i <= b / c (c > 0) or X_i >= b / c
+            upper = c > 0
+            if math.isinf(round_float(value, 1 if upper else -1)):
                 raise self.error(f"input bound out of range in {_show(node)!r}", node.line)
-            return ("x", i, c > 0, value, node.line)
+            return ("x", i, upper, value, strict, node.line)
         if ys:
-            return ("y", ys, bound, node.line)
-        return 0.0 <= bound
+            if math.isinf(round_float(bound)) or any(math.isinf(round_float(c)) for c in ys.values()):
+                raise self.error("constant out of range in comparison", node.line)
+            return ("y", ys, bound, strict, node.line)
+        return 0 < bound if strict else 0 <= bound
 
     def dnf(self, node: _Node) -> list[tuple]:
         """The formula as a list of disjuncts, each a tuple of atoms (empty list: false)."""
@@ -357,17 +384,19 @@ class _Reader:
         return len(indices)
 
 
-def _sum(terms: list[_Term], signs: list[float]) -> _Term:
+def _sum(terms: list[_Term], signs: list[int]) -> _Term:
+    """``sum_t sign_t * term_t`` in exact arithmetic."""
     coefs: dict = {}
-    const = 0.0
+    const = 0
     for (tc, tk), s in zip(terms, signs):
         for k, c in tc.items():
-            coefs[k] = coefs.get(k, 0.0) + s * c
+            coefs[k] = coefs.get(k, 0) + s * c
         const += s * tk
     return coefs, const
 
 
-def _scale(term: _Term, factor: float) -> _Term:
+def _scale(term: _Term, factor) -> _Term:
+    """``factor * term`` in exact arithmetic."""
     return {k: c * factor for k, c in term[0].items()}, term[1] * factor
 
 
@@ -450,41 +479,53 @@ def read_vnnlib(path: PathLike, n_inputs: int | None = None, n_outputs: int | No
 
 
 def _build_property(reader: _Reader, disjuncts: list[tuple], n_in: int, n_out: int, source: str) -> Property:
+    """Group the disjuncts by exact input box (bounds and strictness) and build one spec per box.
+
+    Per variable the tightest bound wins (at equal values a strict bound beats a non-strict one); a
+    box is empty, and its disjunct dropped, when ``lower > upper`` or ``lower == upper`` with a strict
+    end. The float box is the exact box rounded outward (closed), see the module docstring.
+    """
     groups: dict[tuple, list[list]] = {}
-    boxes: dict[tuple, tuple[list, list]] = {}
+    boxes: dict[tuple, tuple[list, list, list, list]] = {}
     first_empty: tuple[int, int] | None = None  # (variable, line) of the first empty box
     dropped = 0
     for disjunct in disjuncts:
-        lo = [-math.inf] * n_in
-        hi = [math.inf] * n_in
+        lo: list = [None] * n_in
+        hi: list = [None] * n_in
+        lo_strict = [False] * n_in
+        hi_strict = [False] * n_in
         lo_line = [0] * n_in
         hi_line = [0] * n_in
         rows = []
         for atom in disjunct:
             if atom[0] == "x":
-                _, i, upper, value, line = atom
+                _, i, upper, value, strict, line = atom
                 if upper:
-                    if value < hi[i]:
-                        hi[i], hi_line[i] = value, line
-                elif value > lo[i]:
-                    lo[i], lo_line[i] = value, line
+                    if hi[i] is None or value < hi[i] or (value == hi[i] and strict and not hi_strict[i]):
+                        hi[i], hi_strict[i], hi_line[i] = value, strict, line
+                elif lo[i] is None or value > lo[i] or (value == lo[i] and strict and not lo_strict[i]):
+                    lo[i], lo_strict[i], lo_line[i] = value, strict, line
             else:
                 rows.append(atom)
         for bounds, which in ((lo, "lower"), (hi, "upper")):
-            if -math.inf in bounds or math.inf in bounds:
-                i = next(k for k, v in enumerate(bounds) if math.isinf(v))
+            if None in bounds:
+                i = bounds.index(None)
                 raise reader.error(f"X_{i} has no {which} bound", reader.decl_line[("X", i)])
-        if any(a > b for a, b in zip(lo, hi)):
+        empty = [k for k in range(n_in) if lo[k] > hi[k] or (lo[k] == hi[k] and (lo_strict[k] or hi_strict[k]))]
+        if empty:
             dropped += 1
             if first_empty is None:
-                i = next(k for k in range(n_in) if lo[k] > hi[k])
+                i = empty[0]
                 first_empty = (i, max(lo_line[i], hi_line[i]))
             continue
-        key = (tuple(lo), tuple(hi))
-        if key not in groups:
-            groups[key] = []
-            boxes[key] = (lo, hi)
-        groups[key].append(rows)
+        # integer pairs: hashing a Fraction is slow, and a key is hashed once per disjunct
+        key = (tuple((v.numerator, v.denominator) for v in lo), tuple((v.numerator, v.denominator) for v in hi),
+               tuple(lo_strict), tuple(hi_strict))
+        clauses = groups.get(key)
+        if clauses is None:
+            clauses = groups[key] = []
+            boxes[key] = (lo, hi, lo_strict, hi_strict)
+        clauses.append(rows)
     if not groups:
         i, line = first_empty if first_empty else (0, None)
         raise reader.error(
@@ -494,24 +535,36 @@ def _build_property(reader: _Reader, disjuncts: list[tuple], n_in: int, n_out: i
     stem = _stem(source)
     specs = []
     for k, (key, clauses) in enumerate(groups.items()):
-        lo, hi = boxes[key]
-        box = Box(torch.tensor([lo], dtype=torch.float64), torch.tensor([hi], dtype=torch.float64))
-        unsafe = tuple(_clause(rows, n_out, reader) for rows in clauses)
-        specs.append(Spec(box, unsafe, stem if len(groups) == 1 else f"{stem}[{k}]"))
+        lo, hi, lo_strict, hi_strict = boxes[key]
+        lo_f = [round_float(v, -1) for v in lo]  # outward: the float box contains the exact box
+        hi_f = [round_float(v, +1) for v in hi]
+        box = Box(torch.tensor([lo_f], dtype=torch.float64), torch.tensor([hi_f], dtype=torch.float64))
+        exact_box = ExactBox((tuple(lo),), (tuple(hi),), (tuple(lo_strict),), (tuple(hi_strict),))
+        unsafe = tuple(_clause(rows, n_out) for rows in clauses)
+        specs.append(Spec(box, unsafe, stem if len(groups) == 1 else f"{stem}[{k}]", exact_box))
     meta = {"disjuncts": len(disjuncts), "empty_boxes_dropped": dropped}
     return Property(name=stem, specs=tuple(specs), source=source, meta=meta)
 
 
-def _clause(rows: list, n_out: int, reader: _Reader) -> Clause:
-    if not rows:  # no output atom: every output is unsafe
-        return Clause(torch.zeros(1, 1, n_out, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
+def _clause(rows: list, n_out: int) -> Clause:
+    """One unsafe clause from its exact rows: ``C``, ``d`` rounded to the nearest float64 (the engine
+    covers that representation error), the rationals and strictness kept in ``Clause.exact``."""
+    zero = Fraction(0)
+    if not rows:  # no output atom: every output is unsafe (the row 0 <= 0)
+        exact_rows = (((zero,) * n_out, zero, False),)
+        return Clause(torch.zeros(1, 1, n_out, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                      (exact_rows,))
     C = np.zeros((1, len(rows), n_out))
     d = np.zeros((1, len(rows)))
-    for r, (_, coefs, bound, _line) in enumerate(rows):
+    exact_rows = []
+    for r, (_, coefs, bound, strict, _line) in enumerate(rows):
+        row = [zero] * n_out
         for j, c in coefs.items():
-            C[0, r, j] = c
-        d[0, r] = bound
-    return Clause(torch.from_numpy(C), torch.from_numpy(d))
+            row[j] = Fraction(c)
+            C[0, r, j] = round_float(c)
+        d[0, r] = round_float(bound)
+        exact_rows.append((tuple(row), Fraction(bound), strict))
+    return Clause(torch.from_numpy(C), torch.from_numpy(d), (tuple(exact_rows),))
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,34 +572,103 @@ def _clause(rows: list, n_out: int, reader: _Reader) -> Clause:
 # --------------------------------------------------------------------------------------------
 
 
-def _box_of(spec: Spec, index: int) -> Box:
+def _exact_box_of(spec: Spec, index: int) -> list[list[tuple]]:
+    """Per instance, the exact ``(lower, lower_strict, upper, upper_strict)`` of every input: the spec's
+    exact set when it is a box (or an L-inf ball, whose intersection with its clip box is a box),
+    else its float box taken exactly."""
     s = spec.input
-    if isinstance(s, Box):
-        return s
-    if isinstance(s, LpBall) and s.p == math.inf:
-        return s.bounds()
-    raise SpecError(
-        f"VNN-LIB can only express boxes: spec {index} ({spec.name or 'unnamed'}) has input set "
-        f"{type(s).__name__}" + (f" with p={s.p}" if isinstance(s, LpBall) else "")
-    )
+    if not (isinstance(s, Box) or (isinstance(s, LpBall) and s.p == math.inf)):
+        raise SpecError(
+            f"VNN-LIB can only express boxes: spec {index} ({spec.name or 'unnamed'}) has input set "
+            f"{type(s).__name__}" + (f" with p={s.p}" if isinstance(s, LpBall) else "")
+        )
+    region = spec.exact_input
+    if region is None:
+        if isinstance(s, Box):
+            _finite(_flat_floats(s.lower) + _flat_floats(s.upper), f"the input box of spec {index}")
+        else:
+            _finite(_flat_floats(s.center) + _flat_floats(s.eps), f"the input ball of spec {index}")
+        region = spec.exact_set()
+    return [region.intervals(b) for b in range(spec.batch_size)]
 
 
-def _row_atom(row: list[float], d: float) -> str:
-    nz = [(j, c) for j, c in enumerate(row) if c != 0.0]
+def _is_decimal(q: Fraction) -> bool:
+    """Whether ``q`` has a finite decimal expansion (its denominator is ``2^a 5^b``)."""
+    den = q.denominator
+    for f in (2, 5):
+        while den % f == 0:
+            den //= f
+    return den == 1
+
+
+def _num(q) -> str:
+    """The exact decimal text of a rational with a finite decimal expansion (every float has one):
+    ``0.6``, ``-3.0``, ``0.1000000000000000055511151231257827021181583404541015625``."""
+    q = Fraction(q)
+    sign = "-" if q < 0 else ""
+    num, den = abs(q.numerator), q.denominator
+    twos = (den & -den).bit_length() - 1
+    rest, fives = den >> twos, 0
+    while rest % 5 == 0:
+        rest //= 5
+        fives += 1
+    if rest != 1:
+        raise ValueError(f"{q} has no finite decimal expansion")
+    k = max(twos, fives)  # q * 10^k is an integer
+    digits = str(num * 10**k // den)
+    if k == 0:
+        return f"{sign}{digits}.0"
+    digits = digits.rjust(k + 1, "0")
+    return f"{sign}{digits[:-k]}.{digits[-k:]}"
+
+
+def _integral_scale(values: list[Fraction]) -> int:
+    """1 if every value is a finite decimal, else the lcm of the denominators (a positive factor that
+    makes the atom's numbers integers, so it can be written exactly)."""
+    if all(_is_decimal(v) for v in values):
+        return 1
+    scale = 1
+    for v in values:
+        scale = scale * v.denominator // math.gcd(scale, v.denominator)
+    return scale
+
+
+def _bound_atoms(i: int, interval: tuple) -> tuple[str, str]:
+    """The exact atoms ``X_i <= upper`` and ``X_i >= lower`` (strict where recorded)."""
+    lo, lo_strict, hi, hi_strict = interval
+    out = []
+    for value, strict, ops in ((hi, hi_strict, ("<=", "<")), (lo, lo_strict, (">=", ">"))):
+        op = ops[1] if strict else ops[0]
+        scale = _integral_scale([value])
+        if scale == 1:
+            out.append(f"({op} X_{i} {_num(value)})")
+        else:
+            out.append(f"({op} (* {_num(scale)} X_{i}) {_num(value * scale)})")
+    return out[0], out[1]
+
+
+def _row_atom(coefs: tuple, d: Fraction, strict: bool) -> str:
+    """The exact atom ``sum_j coefs[j] Y_j <= d`` (``<`` if strict)."""
+    op = "<" if strict else "<="
+    nz = [(j, Fraction(c)) for j, c in enumerate(coefs) if c != 0]
+    scale = _integral_scale([c for _, c in nz] + [Fraction(d)])
+    if scale != 1:
+        nz = [(j, c * scale) for j, c in nz]
+        d = d * scale
     if not nz:
-        return f"(<= (* 0.0 Y_0) {d!r})"
+        return f"({op} (* 0.0 Y_0) {_num(d)})"
     if len(nz) == 1:
         j, c = nz[0]
-        if c == 1.0:
-            return f"(<= Y_{j} {d!r})"
-        if c == -1.0:
-            return f"(>= Y_{j} {(0.0 - d)!r})"
-    if len(nz) == 2 and d == 0.0 and {nz[0][1], nz[1][1]} == {1.0, -1.0}:
+        if c == 1:
+            return f"({op} Y_{j} {_num(d)})"
+        if c == -1:
+            return f"({'>' if strict else '>='} Y_{j} {_num(-d)})"
+    if len(nz) == 2 and d == 0 and {nz[0][1], nz[1][1]} == {1, -1}:
         (a, ca), (b, _) = nz
-        return f"(<= Y_{a} Y_{b})" if ca == 1.0 else f"(<= Y_{b} Y_{a})"
-    terms = [f"Y_{j}" if c == 1.0 else f"(* {c!r} Y_{j})" for j, c in nz]
+        return f"({op} Y_{a} Y_{b})" if ca == 1 else f"({op} Y_{b} Y_{a})"
+    terms = [f"Y_{j}" if c == 1 else f"(* {_num(c)} Y_{j})" for j, c in nz]
     lhs = terms[0] if len(terms) == 1 else "(+ " + " ".join(terms) + ")"
-    return f"(<= {lhs} {d!r})"
+    return f"({op} {lhs} {_num(d)})"
 
 
 def _finite(values: list[float], what: str) -> None:
@@ -560,31 +682,29 @@ def write_vnnlib(prop: Property, path: PathLike, comment: str | None = None) -> 
     Every instance of every spec becomes one (box, clauses) group. One group is written as
     per-input bound asserts plus one output disjunction; several groups as a single disjunction of
     ``(and <box atoms> <clause atoms>)`` over all (group, clause) pairs, which
-    :func:`read_vnnlib` groups back by box. Floats are written with ``repr`` (exact round trip).
+    :func:`read_vnnlib` groups back by box.
+
+    What is written is the *exact* statement: ``Spec.exact_input`` and ``Clause.exact`` when present
+    (strict comparisons as ``<``/``>``), else the float tensors taken at their exact binary values.
+    Numbers are exact decimals (every float has one; ``0.1`` as a float is written with all its 55
+    digits); an atom with a non-decimal rational such as ``1/3`` is multiplied by the lcm of its
+    denominators (``(<= (* 3.0 X_0) 1.0)``). Reading the file back gives the same exact statement,
+    hence the same float tensors.
     """
     if not prop.specs:
         raise SpecError("cannot write a property without specs", str(path))
     n_in, n_out = prop.specs[0].n_inputs, prop.specs[0].n_outputs
-    groups: list[tuple[list[float], list[float], list[tuple[list[list[float]], list[float]]]]] = []
+    groups: list[tuple[list[tuple], list[tuple]]] = []
     for k, spec in enumerate(prop.specs):
         if spec.n_inputs != n_in or spec.n_outputs != n_out:
             raise ShapeError(f"spec {k} of property {prop.name!r}: (inputs, outputs)", (n_in, n_out),
                              (spec.n_inputs, spec.n_outputs))
-        box = _box_of(spec, k)
-        B = box.batch_size
-        lo = box.lower.detach().to("cpu", torch.float64).reshape(B, -1).tolist()
-        hi = box.upper.detach().to("cpu", torch.float64).reshape(B, -1).tolist()
-        clauses = [(c.C.detach().to("cpu", torch.float64).tolist(), c.d.detach().to("cpu", torch.float64).tolist())
-                   for c in spec.unsafe]
-        for b in range(B):
-            _finite(lo[b] + hi[b], f"the input box of spec {k}")
-            group_clauses = []
-            for C, d in clauses:
-                for row in C[b]:
-                    _finite(row, f"an output clause of spec {k}")
-                _finite(d[b], f"an output clause of spec {k}")
-                group_clauses.append((C[b], d[b]))
-            groups.append((lo[b], hi[b], group_clauses))
+        boxes = _exact_box_of(spec, k)
+        for c in spec.unsafe:
+            if c.exact is None:
+                _finite(_flat_floats(c.C) + _flat_floats(c.d), f"an output clause of spec {k}")
+        for b in range(spec.batch_size):
+            groups.append((boxes[b], [c.exact_rows(b) for c in spec.unsafe]))
 
     out: list[str] = []
     if comment:
@@ -595,33 +715,33 @@ def write_vnnlib(prop: Property, path: PathLike, comment: str | None = None) -> 
     out.extend(f"(declare-const Y_{j} Real)" for j in range(n_out))
     out.append("")
 
-    def box_atoms(lo: list[float], hi: list[float]) -> list[tuple[str, str]]:
-        return [(f"(<= X_{i} {u!r})", f"(>= X_{i} {l!r})") for i, (l, u) in enumerate(zip(lo, hi))]
+    def box_atoms(box: list[tuple]) -> list[tuple[str, str]]:
+        return [_bound_atoms(i, interval) for i, interval in enumerate(box)]
 
-    def clause_atoms(C: list[list[float]], d: list[float]) -> list[str]:
-        return [_row_atom(row, dr) for row, dr in zip(C, d)]
+    def clause_atoms(rows: tuple) -> list[str]:
+        return [_row_atom(*row) for row in rows]
 
     if len(groups) == 1:
-        lo, hi, clauses = groups[0]
+        box, clauses = groups[0]
         out.append("; input box")
-        for upper, lower in box_atoms(lo, hi):
+        for upper, lower in box_atoms(box):
             out.append(f"(assert {upper})")
             out.append(f"(assert {lower})")
         out.append("")
         out.append("; unsafe outputs")
-        if len(clauses) == 1 and len(clauses[0][1]) == 1:
-            out.append(f"(assert {clause_atoms(*clauses[0])[0]})")
+        if len(clauses) == 1 and len(clauses[0]) == 1:
+            out.append(f"(assert {clause_atoms(clauses[0])[0]})")
         else:
             out.append("(assert (or")
-            out.extend("    (and " + " ".join(clause_atoms(C, d)) + ")" for C, d in clauses)
+            out.extend("    (and " + " ".join(clause_atoms(rows)) + ")" for rows in clauses)
             out.append("))")
     else:
         out.append("; (input box, unsafe outputs) pairs")
         out.append("(assert (or")
-        for lo, hi, clauses in groups:
-            box = " ".join(f"{upper} {lower}" for upper, lower in box_atoms(lo, hi))
-            for C, d in clauses:
-                out.append(f"    (and {box} " + " ".join(clause_atoms(C, d)) + ")")
+        for box, clauses in groups:
+            atoms = " ".join(f"{upper} {lower}" for upper, lower in box_atoms(box))
+            for rows in clauses:
+                out.append(f"    (and {atoms} " + " ".join(clause_atoms(rows)) + ")")
         out.append("))")
     _write_text(path, "\n".join(out) + "\n")
 
@@ -661,7 +781,7 @@ def read_counterexample(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         if key in lines:
             raise reader.error(f"{name.text} is given twice (first on line {lines[key]})", name.line)
         lines[key] = name.line
-        values[key[0]][key[1]] = value
+        values[key[0]][key[1]] = round_float(value)  # the nearest float64, as float() did
     reader.decl_line = lines
     out = []
     for kind in ("X", "Y"):

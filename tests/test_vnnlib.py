@@ -7,6 +7,7 @@ import math
 import re
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +58,25 @@ _UPPER_RE = re.compile(r"\(<= X_(\d+) ([^()\s]+)\)")
 _LOWER_RE = re.compile(r"\(>= X_(\d+) ([^()\s]+)\)")
 
 
+def _outward(text: str, direction: int) -> float:
+    """The decimal ``text`` rounded to the float64 below (direction -1) or above (+1) its exact value."""
+    q = Fraction(text)
+    f = float(q)
+    if direction < 0 and Fraction(f) > q:
+        f = math.nextafter(f, -math.inf)
+    if direction > 0 and Fraction(f) < q:
+        f = math.nextafter(f, math.inf)
+    return f
+
+
 def _bounds_in(text: str, n: int) -> tuple[list[float], list[float]]:
-    """Input bounds read independently with regular expressions (files with one box)."""
+    """Input bounds read independently with regular expressions (files with one box), rounded outward
+    (the float box must contain the exact box the decimals describe)."""
     lo, hi = [None] * n, [None] * n
     for i, v in _UPPER_RE.findall(text):
-        hi[int(i)] = float(v)
+        hi[int(i)] = _outward(v, +1)
     for i, v in _LOWER_RE.findall(text):
-        lo[int(i)] = float(v)
+        lo[int(i)] = _outward(v, -1)
     return lo, hi
 
 
@@ -95,9 +108,11 @@ def test_acasxu_files_parse_with_documented_structure():
     p6 = props["prop_6"]
     assert len(p6.specs) == 2
     assert all([c.rows for c in s.unsafe] == [1, 1, 1, 1] for s in p6.specs)
-    # first box has X_1 in [0.11140846, 0.499999896], the second the mirror image (file order)
-    assert p6.specs[0].input.lower[0, 1].item() == 0.11140846
-    assert p6.specs[1].input.upper[0, 1].item() == -0.11140846
+    # first box has X_1 in [0.11140846, 0.499999896], the second the mirror image (file order); the
+    # float box is rounded outward: the float nearest to 0.11140846 lies above it
+    assert p6.specs[0].input.lower[0, 1].item() == math.nextafter(0.11140846, 0) < 0.11140846
+    assert p6.specs[1].input.upper[0, 1].item() == -math.nextafter(0.11140846, 0)
+    assert p6.specs[0].exact_input.lower[0][1] == Fraction("0.11140846")
 
     p2 = props["prop_2"]
     assert len(p2.specs) == 1 and [c.rows for c in p2.specs[0].unsafe] == [4]
@@ -432,8 +447,15 @@ def test_batched_ball_writes_one_group_per_instance(tmp_path):
     assert len(back.specs) == 2
     bounds = spec.input.bounds()
     for b, s in enumerate(back.specs):
-        assert torch.equal(s.input.lower, bounds.lower[b : b + 1])
-        assert torch.equal(s.input.upper, bounds.upper[b : b + 1])
+        # the exact box [c - eps, c + eps] is written and read back rounded outward: it lies between
+        # the exact box and the ball's own (outward-rounded) float bounds
+        exact_lo = [max(Fraction(c) - Fraction(0.05), 0) for c in x[b].tolist()]
+        exact_hi = [min(Fraction(c) + Fraction(0.05), 1) for c in x[b].tolist()]
+        assert list(s.exact_input.lower[0]) == exact_lo and list(s.exact_input.upper[0]) == exact_hi
+        assert all(Fraction(v) <= q for v, q in zip(s.input.lower[0].tolist(), exact_lo))
+        assert all(Fraction(v) >= q for v, q in zip(s.input.upper[0].tolist(), exact_hi))
+        assert bool((s.input.lower >= bounds.lower[b : b + 1]).all())
+        assert bool((s.input.upper <= bounds.upper[b : b + 1]).all())
         assert len(s.unsafe) == 2
         for c, orig in zip(s.unsafe, spec.unsafe):
             assert torch.equal(c.C, orig.C[b : b + 1]) and torch.equal(c.d, orig.d[b : b + 1])
