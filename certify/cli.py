@@ -18,6 +18,7 @@ import math
 import sys
 import time
 from enum import IntEnum
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("specs", nargs="*", metavar="SPEC", help="VNN-LIB files (.vnnlib or .vnnlib.gz)")
     data = v.add_argument_group("robustness of labelled inputs (instead of VNN-LIB files)")
     data.add_argument("--data", metavar="FILE", help=".npz with arrays x and y, or a .pt holding {'x': ..., 'y': ...}")
-    data.add_argument("--eps", type=float, help="radius of the perturbation ball")
+    data.add_argument("--eps", help="radius of the perturbation ball, read exactly (0.02 is 2/100)")
     data.add_argument("--norm", default="inf", help="inf, 2 or 1 (default: inf)")
     data.add_argument("--clip", metavar="LO,HI", help="intersect the ball with the input domain, e.g. 0,1")
     data.add_argument("--limit", type=int, metavar="N", help="only the first N inputs")
@@ -172,8 +173,10 @@ def _robustness_properties(model, args) -> list:
 
     if args.eps is None:
         raise CertifyError("--data needs --eps")
-    if math.isnan(args.eps):
-        raise CertifyError("--eps: expected a number, got nan")
+    try:  # exact: the decimal the user wrote, not its float (robustness() rounds the float ball outward)
+        eps = Fraction(args.eps.strip())
+    except (ValueError, ZeroDivisionError):
+        raise CertifyError(f"--eps: expected a number, got {args.eps!r}") from None
     x, y = load_labelled(args.data, args.limit)
     if x[0].size != model.n_inputs:
         raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
@@ -191,7 +194,7 @@ def _robustness_properties(model, args) -> list:
     props = []
     for i in range(x.shape[0]):
         xi = torch.as_tensor(x[i]).reshape(1, *model.input_shape)
-        spec = robustness(xi, [int(y[i])], args.eps, args.norm, n_classes=model.n_outputs, clip=clip)
+        spec = robustness(xi, [int(y[i])], eps, args.norm, n_classes=model.n_outputs, clip=clip)
         props.append(Property(f"{stem}[{i}] label={int(y[i])} eps={args.eps} norm={args.norm}", (spec,),
                               source=args.data))
     return props
@@ -366,7 +369,7 @@ def _write_certificate(args, model, props, results, summary) -> None:
         "method": args.method,
         "timeout_s": args.timeout,
         "specs": [{"path": s, "sha256": h} for s, h in sources.items()],
-        "data": {"eps": args.eps, "norm": args.norm, "clip": args.clip} if args.data else None,
+        "data": {"eps": float(Fraction(args.eps)), "norm": args.norm, "clip": args.clip} if args.data else None,
         "results": [{"source": p.source, "spec_sha256": sources.get(p.source), **r.to_dict()}
                     for p, r in zip(props, results)],
         "summary": summary,
