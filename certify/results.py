@@ -2,8 +2,9 @@
 *falsified* impossible to construct by accident.
 
 * ``FALSIFIED`` requires a ``Counterexample``, and a ``Counterexample`` can only be created by
-  ``certify.replay.check``, after the input was checked to lie in the input set and the reference
-  runtime's output was checked to lie in the unsafe region.
+  ``certify.replay.check``, after the input was checked to lie in the exact input set and the reference
+  runtime's output was checked to lie in the exact unsafe region (rational arithmetic, strict
+  comparisons strictly; see ``certify.spec``).
 * ``PROVED`` requires a guarantee (``SOUND`` for deterministic backends, ``PROBABILISTIC`` for sampling
   ones, which must also state their ``claim``: the confidence and what it is about) and no counterexample.
 * ``UNKNOWN`` requires a reason (``timeout``, ``inconclusive``, ``backend_error: ...``).
@@ -26,7 +27,7 @@ class Verdict(Enum):
 
 
 class Guarantee(Enum):
-    SOUND = "sound"  # holds for the exact real-arithmetic network on every input of the set
+    SOUND = "sound"  # holds on every input of the set, for what Result.semantics names (see engine.fp)
     PROBABILISTIC = "probabilistic"  # holds with a stated probability (randomized smoothing)
 
 
@@ -83,6 +84,8 @@ class Result:
     stats: Mapping[str, float] = field(default_factory=dict)
     steps: tuple[tuple[str, float, str], ...] = ()
     claim: str = ""  # what a probabilistic proof asserts, with its confidence
+    # what a sound proof covers: "runtime" (the exact network and its runtime's float evaluation) or "real"
+    semantics: str = "runtime"
 
     def __post_init__(self) -> None:
         if self.verdict is Verdict.FALSIFIED:
@@ -108,6 +111,7 @@ class Result:
             "time_s": round(self.time_s, 6),
             "guarantee": self.guarantee.value if self.guarantee else None,
             "claim": self.claim or None,
+            "semantics": self.semantics,
             "reason": self.reason or None,
             "bounds": [[num(float(b)) for b in spec] for spec in self.bounds],
             "counterexample": self.counterexample.to_dict() if self.counterexample else None,

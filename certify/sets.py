@@ -10,7 +10,8 @@ input shape. Each set answers five questions, which is all any backend needs:
 * ``sample(n)``  - points of the set (used by soundness tests and random falsification);
 * ``project(x)`` - a point of the set near ``x`` (used by PGD; feasible, not always the exact
   Euclidean projection);
-* ``contains(x, atol)`` - membership (used by counterexample replay).
+* ``contains(x, atol)`` - membership in floating point (screening; counterexample replay judges
+  membership exactly, with ``Spec.exact_contains``).
 
 All values that must over-approximate the set (``bounds``, ``support``) are rounded outward, so they
 contain the set in real arithmetic, not just in floating point.
