@@ -12,6 +12,7 @@ from typing import Any
 
 from . import registry
 from .budget import Budget
+from .engine.fp import SEMANTICS, OverflowRisk
 from .errors import CertifyError
 from .models import Model, check_spec_fits
 from .results import TIMEOUT, Result, Verdict
@@ -44,15 +45,32 @@ def _run(verifier, model: Model, prop: Property, options: Any, budget: Budget) -
         return verifier.verify(model, prop, options=options, budget=budget)
     except CertifyError:
         raise
+    except OverflowRisk as exc:  # the runtime may return inf: nothing can be proved, nothing is wrong
+        return Result(Verdict.UNKNOWN, verifier.name, time.perf_counter() - t0,
+                      reason=f"inconclusive: {exc}", property=prop.name)
     except Exception as exc:  # a crash inside a backend is an unknown answer that says why
         return Result(Verdict.UNKNOWN, verifier.name, time.perf_counter() - t0,
                       reason=f"backend_error: {type(exc).__name__}: {exc}", property=prop.name)
 
 
 def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float | None = None,
-           device: str = "cpu", attack: bool = True, memory_mb: float | None = None, options: Any = None) -> Result:
+           device: str = "cpu", attack: bool = True, memory_mb: float | None = None, options: Any = None,
+           semantics: str = "runtime") -> Result:
     """Decide ``prop`` on ``model`` with one backend, or the ``auto`` chain. ``memory_mb`` caps the
-    memory of backends that store a growing search (branch-and-bound's open domains); None: their default."""
+    memory of backends that store a growing search (branch-and-bound's open domains); None: their default.
+
+    ``semantics``: what *proved* covers. ``"runtime"`` (default): the property holds for the network in
+    exact real arithmetic and as its runtime evaluates it in the model's precision (any summation order,
+    FMA or not, flush-to-zero or not). ``"real"``: the exact network only. The result records it."""
+    if semantics not in SEMANTICS:
+        raise CertifyError(f"semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
+    result = _verify(dataclasses.replace(model, graph=model.graph.with_semantics(semantics)), prop, method,
+                     timeout=timeout, device=device, attack=attack, memory_mb=memory_mb, options=options)
+    return dataclasses.replace(result, semantics=semantics)
+
+
+def _verify(model: Model, prop: Property, method: str, *, timeout: float | None, device: str, attack: bool,
+            memory_mb: float | None, options: Any) -> Result:
     check_spec_fits(model, prop.n_inputs, prop.n_outputs, prop.source or prop.name)
     if timeout is not None and not timeout >= 0:  # also rejects NaN
         raise CertifyError(f"timeout must be a non-negative number of seconds, got {timeout}")

@@ -62,6 +62,18 @@ class Graph:
         return getattr(torch, str(self.meta.get("runtime_dtype", "float32")))
 
     @property
+    def semantics(self) -> str:
+        """What a proof about this graph covers: ``"runtime"`` (default: the exact network and its runtime's
+        floating-point evaluation, see ``engine.fp``) or ``"real"`` (the exact network only)."""
+        return str(self.meta.get("semantics", "runtime"))
+
+    def with_semantics(self, semantics: str) -> "Graph":
+        """A copy whose proofs cover ``semantics`` (``"runtime"`` or ``"real"``)."""
+        if semantics not in ("runtime", "real"):
+            raise ValueError(f"semantics: expected 'runtime' or 'real', got {semantics!r}")
+        return replace(self, meta={**self.meta, "semantics": semantics})
+
+    @property
     def device(self) -> torch.device:
         for node in self.nodes:
             for v in node.params.values():

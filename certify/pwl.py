@@ -59,6 +59,10 @@ from .errors import CertifyError
 from .graph import Graph, Node
 from .sets import Box, InputSet
 
+#: Coefficients below this magnitude are not given to a solver (HiGHS drops ``|a| <= 1e-9``, its
+#: ``small_matrix_value``, and perturbs values near it): their contribution is bounded instead.
+SMALL_COEF = 1e-7
+
 #: The ops the exact encodings handle.
 EXACT_OPS = ("linear", "conv2d", "affine", "avgpool2d", "add", "sub", "reshape", "transpose", "concat",
              "identity", "relu", "leaky_relu", "maxpool2d")
@@ -211,6 +215,12 @@ class _Builder:
         self.n += lo.size
         return idx
 
+    def magnitudes(self) -> np.ndarray:
+        """``max(|lo|, |hi|)`` of every variable so far."""
+        if not self.lo:
+            return np.zeros(0)
+        return np.maximum(np.abs(np.concatenate(self.lo)), np.abs(np.concatenate(self.hi)))
+
     def equal(self, out: np.ndarray, coef: sparse.csr_matrix, cols: np.ndarray, rhs: np.ndarray) -> None:
         """``v[out_r] - sum_c coef[r, c] v[cols[c]] = rhs_r``."""
         coef = coef.tocoo()
@@ -270,6 +280,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
     if eval_dtype is None:
         eval_dtype = graph.runtime_dtype
     u_eval = unit_roundoff(eval_dtype)
+    t_eval = torch.finfo(eval_dtype).tiny
     u64 = unit_roundoff(torch.float64)
     g64 = graph.to(device="cpu", dtype=torch.float64)
     s64 = input_set.reshape(graph.input_shape).to(device="cpu", dtype=torch.float64)
@@ -324,24 +335,44 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             maps, bias = _linear_maps(node, [shapes[i] for i in node.inputs])
             full = sparse.hstack(maps).tocsr()
             full.eliminate_zeros()
+            m_cols = np.concatenate([mag(i) for i in node.inputs])
+            # coefficients a solver may drop or perturb (HiGHS drops |a| <= 1e-9) leave the program: their
+            # contribution, at most |L_small| m, joins the constant margin
+            small = full.copy()
+            small.data = np.where(np.abs(small.data) < SMALL_COEF, small.data, 0.0)
+            small.eliminate_zeros()
+            full.data = np.where(np.abs(full.data) < SMALL_COEF, 0.0, full.data)
+            full.eliminate_zeros()
             cols = np.concatenate([var[i] for i in node.inputs])
             consts = np.concatenate([const[i] for i in node.inputs])
             is_var = cols >= 0
             nnz = np.diff(full.indptr)
             first = np.zeros(n_out)
             first[nnz > 0] = full.data[full.indptr[:-1][nnz > 0]]
-            copy = (nnz == 1) & (first == 1.0) & (bias == 0)
+            copy = (nnz == 1) & (first == 1.0) & (bias == 0) & (np.diff(small.indptr) == 0)
             absL = abs(full)
-            m_in = absL @ np.concatenate([mag(i) for i in node.inputs])
+            m_in = absL @ m_cols
             rel = float(np.max(np.asarray(node.params.get("rel_err", 0.0)))) if "rel_err" in node.params else 0.0
             abs_err = node.params.get("abs_err")
             abs_err = (torch.as_tensor(abs_err, dtype=torch.float64).expand(1, *node.shape).reshape(-1).numpy()
                        if abs_err is not None else 0.0)
+            dropped = abs(small) @ m_cols
             err_r[out] = absL @ np.concatenate([err_r[i] for i in node.inputs]) + np.where(
-                copy, 0.0, (rel + 2 * u64) * m_in + abs_err)
-            g = np.where(copy | (float_rounding == "none"), 0.0, _gamma(nnz + 4.0, u_eval))
+                copy, 0.0, (rel + 2 * u64) * m_in + abs_err) + dropped * (1 + 4 * u64)
+            # the runtime's rounding (engine.rules.affine_runtime_error): gamma_{n+4+k} in its precision,
+            # against the file's own additive constants, plus flushed operands and results
+            n_terms = np.diff(full.indptr) + np.diff(small.indptr) + 4.0 + float(node.params.get("runtime_ops", 0))
+            g = np.where(copy | (float_rounding == "none"), 0.0, _gamma(n_terms, u_eval))
+            b_rt = node.params.get("runtime_bias_abs")
+            b_rt = (torch.as_tensor(b_rt, dtype=torch.float64).expand(1, *node.shape).reshape(-1).numpy()
+                    if b_rt is not None else np.abs(bias))
+            sub = abs(full + small)
+            sub.data = np.where(sub.data < t_eval, sub.data, 0.0)
+            absL_all = abs(full + small)
+            extra = np.where(g > 0, g * (absL_all @ np.full(m_cols.size, t_eval) + b_rt + abs(small) @ m_cols)
+                             + sub @ m_cols + 2 * n_terms * t_eval, 0.0)
             with np.errstate(invalid="ignore"):  # 0 * inf where there is no rounding variable
-                delta_max = np.where(g > 0, g * (m_in + np.abs(bias)), 0.0)
+                delta_max = np.where(g > 0, g * m_in + extra, 0.0) * (1 + 16 * u64)
             eub[out] = absL @ np.concatenate([eub[i] for i in node.inputs]) + delta_max
             if bool(copy.all()):  # moves only: the output is the inputs' variables, permuted
                 src = full.indices[full.indptr[:-1]]
@@ -350,6 +381,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             parts = [absolute(i) for i in node.inputs]
             X = sparse.vstack([p[0] for p in parts]).tocsr()
             x0 = np.concatenate([p[1] for p in parts])
+            var_mag = b.magnitudes()  # the variables X refers to (all created before this layer's)
             lo, hi = bounds(out)
             v = b.new(lo, hi)
             rounded = np.nonzero(g > 0)[0] if variables else np.zeros(0, dtype=np.int64)
@@ -358,9 +390,15 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             coef = sparse.hstack([full[:, is_var], sparse.csr_matrix(
                 (np.ones(rounded.size), (rounded, np.arange(rounded.size))), shape=(n_out, rounded.size))]).tocsr()
             b.equal(v, coef, np.concatenate([cols[is_var], delta]), rhs)
-            # +-delta_r - g_r |L_r| X v <= g_r (|L_r| x0 + |b_r|)
-            W = (sparse.diags(g[rounded]) @ (absL[rounded] @ X)).tocoo()
-            cap = g[rounded] * (absL[rounded] @ x0 + np.abs(bias[rounded]))
+            # +-delta_r - g_r |L_r| X v <= g_r |L_r| x0 + extra_r; coefficients of g |L| X too small for the
+            # solver are bounded by their magnitude instead (moved to the right-hand side)
+            W = (sparse.diags(g[rounded]) @ (absL[rounded] @ X)).tocsr()
+            tiny_w = W.copy()
+            tiny_w.data = np.where(tiny_w.data < SMALL_COEF, tiny_w.data, 0.0)
+            W.data = np.where(W.data < SMALL_COEF, 0.0, W.data)
+            W.eliminate_zeros()
+            W = W.tocoo()
+            cap = (g[rounded] * (absL[rounded] @ x0) + extra[rounded] + tiny_w @ var_mag) * (1 + 16 * u64)
             k = rounded.size
             for sign in (1.0, -1.0):
                 b.upper(np.concatenate([np.arange(k), W.row]), np.concatenate([delta, W.col]),
@@ -398,6 +436,8 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
                 err[out] = np.where(dead, a, 1.0) * err[src]
             if a:
                 err_r[out] = err_r[out] + 2 * u_eval * a * mag(src)
+            if float_rounding != "none":  # a subnormal operand flushed to zero by the runtime
+                eub[out] = eub[out] + 3 * t_eval
         elif node.op == "maxpool2d":
             src = node.inputs[0]
             windows = _pool_windows(node, shapes[src])
@@ -423,7 +463,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
                 maxes.append(MaxGroup(y, z[w].copy(), lo[w].copy(), hi[w].copy()))
                 v[o] = y
                 unstable += 1
-            var[out], const[out], eub[out], err_r[out] = v, k, e_u, e_r
+            var[out], const[out], eub[out], err_r[out] = v, k, e_u + (3 * t_eval if float_rounding != "none" else 0.0), e_r
         else:  # unsupported_reason has ruled this out
             raise UnsupportedOp(f"op {node.op!r} (node {node.name!r})")
 

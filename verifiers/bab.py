@@ -18,7 +18,7 @@ from certify.budget import Budget
 from certify.engine.alpha import AlphaOptions, optimise_alphas
 from certify.engine.bab import MEMORY_MB, BaBOutcome, InputSplitOptions, ReluSplitOptions, input_split, relu_split
 from certify.engine.crown import _as64, compute_boxes, crown_lower, sound_crown_lower
-from certify.engine.fp import FAST, SOUND, sound_context
+from certify.engine.fp import FAST, sound_context, sound_rounding
 from certify.engine.rules import RULES
 from certify.models import Model
 from certify.results import INCONCLUSIVE, TIMEOUT, Guarantee, Result, Verdict
@@ -92,8 +92,9 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
     g64 = model.graph.to(device=dev, dtype=torch.float64)
     s64 = spec.input.reshape(model.input_shape).to(device=g64.device, dtype=torch.float64)
     with sound_context():
-        sound = compute_boxes(g64, s64, SOUND, alphas={t: _as64(a, g64.device) for t, a in inter.items()} or None)
-        root = crown_lower(g64, s64, C.to(g64.device, torch.float64), d.to(g64.device, torch.float64), SOUND,
+        rnd = sound_rounding(g64)
+        sound = compute_boxes(g64, s64, rnd, alphas={t: _as64(a, g64.device) for t, a in inter.items()} or None)
+        root = crown_lower(g64, s64, C.to(g64.device, torch.float64), d.to(g64.device, torch.float64), rnd,
                            boxes=sound, alphas=_as64(final, g64.device) or None).cpu()
     open_clauses = (clause_max(root, clause_of_row, len(spec.unsafe))[0] <= 0).nonzero()[:, 0]
     if not open_clauses.numel():

@@ -217,7 +217,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
     minimiser of the final linear bound over the input box is offered to ``try_points``.
     """
     from .crown import crown_lower
-    from .fp import FAST, SOUND, sound_context
+    from .fp import FAST, sound_context, sound_rounding
 
     g64 = graph.to(device=device, dtype=torch.float64)
     g32 = graph.to(device=device, dtype=torch.float32)
@@ -285,7 +285,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
             m = idx.numel()
             with sound_context():
                 rows = crown_lower(g64, s64[torch.zeros(m, dtype=torch.long, device=dev)], C64.expand(m, -1, -1),
-                                   d64.expand(m, -1), SOUND,
+                                   d64.expand(m, -1), sound_rounding(g64),
                                    boxes=_clamped(sound_boxes, relus, {k: v[idx] for k, v in signs.items()}, m),
                                    alphas={k: best_a[k][idx].double() for k in relus},
                                    betas={k: (best_b[k][idx].double(), signs[k][idx].double()) for k in relus})

@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from ..graph import Graph
-from ..sets import Box, InputSet, LpBall
-from .fp import FAST, SOUND, Rounding, sound_context, unit_roundoff
-from .rules import RULES
+from ..sets import Box, InputSet, LpBall, up
+from .fp import FAST, Rounding, sound_context, sound_rounding, unit_roundoff
+from .rules import RULES, node_box, runtime_perturbation
 
 # Intermediate-bound rows per backward pass: sized so a coefficient tensor [B, 2 rows, n] stays near 256k
 # values; the passes are memory-bound, and cache-sized chunks run faster than one big one.
@@ -88,6 +88,15 @@ def _magnitude(box: Box) -> Tensor:
     return torch.maximum(box.lower.abs(), box.upper.abs())
 
 
+class Boxes(dict):
+    """Boxes of every tensor by name, plus ``perturbation[node name]``: each node's runtime error bound
+    ``E`` computed from its input boxes (valid for any smaller boxes too, e.g. after a split)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.perturbation: dict[str, Tensor] = {}
+
+
 def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, start: str, A: Tensor,
                    rnd: Rounding, alphas: Mapping[str, Tensor] | None = None,
                    coefficients: dict | None = None,
@@ -121,6 +130,14 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
             continue
         rule = RULES[node.op]
         in_boxes = [boxes[name] for name in node.inputs]
+        if rnd.runtime is not None:  # the runtime's error at this node: a bounded variable e, |e| <= E
+            cache = getattr(boxes, "perturbation", None)
+            E = cache.get(node.name) if cache is not None else None
+            if E is None:
+                E = runtime_perturbation(node, in_boxes, rnd)
+            if E is not None:
+                dot = _flat_dot(Aout.abs(), E.unsqueeze(1))
+                err = err + dot + rnd.error_bound(dot, Aout[0, 0].numel() + 1)
         if rule.relax is not None:
             z = in_boxes[0]
             alpha = alphas.get(node.name) if alphas is not None else None
@@ -207,10 +224,12 @@ def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool
     slopes (rows ``+e_i`` then ``-e_i``) for the pass that bounds tensor ``t``; the bound with CROWN's
     own slopes is then computed too and the tighter one kept. ``intersect_ibp=False`` keeps CROWN's
     bounds alone at those tensors (plain CROWN as published, and as auto_LiRPA computes it: looser)."""
-    boxes: dict[str, Box] = {graph.input: rnd.input_box(input_set.bounds())}
+    boxes = Boxes({graph.input: rnd.input_box(input_set.bounds())})
     needs = _needs_bounds(graph) if refine else set()
     for node in graph.nodes:
-        boxes[node.output] = RULES[node.op].ibp(node.params, [boxes[n] for n in node.inputs], rnd)
+        boxes[node.output], E = node_box(node, [boxes[n] for n in node.inputs], rnd)
+        if E is not None:
+            boxes.perturbation[node.name] = E
         if node.output in needs:
             if not intersect_ibp:
                 inf = torch.full_like(boxes[node.output].lower, torch.inf)
@@ -256,8 +275,13 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
         boxes = compute_boxes(graph, input_set, rnd, alphas=intermediate_alphas)
     A = C.to(graph.dtype).reshape(C.shape[0], C.shape[1], *graph.output_shape)
     value = backward_lower(graph, boxes, input_set, graph.output, A, rnd, alphas, coefficients, betas) - d.to(A.dtype)
-    if rnd.sound:  # one subtraction, and d's own decimal-to-binary rounding
-        value = rnd.lo(value - unit_roundoff(A.dtype) * d.to(A.dtype).abs())
+    if rnd.sound:  # one subtraction, and the nearest-rounding error of C and d (exact rationals in the spec)
+        u = unit_roundoff(A.dtype)
+        rep = u * d.to(A.dtype).abs()
+        if graph.output in boxes:
+            m_out = _magnitude(boxes[graph.output]).reshape(A.shape[0], 1, *graph.output_shape)
+            rep = rep + u * _flat_dot(A.abs(), m_out)
+        value = rnd.lo(value - up(rep * (1 + 4 * u)))
     return value
 
 
@@ -270,7 +294,8 @@ def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
                       alphas: Mapping[str, Tensor] | None = None,
                       intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
                       coefficients: dict | None = None) -> Tensor:
-    """``crown_lower`` in float64 with sound rounding: below the exact real-arithmetic minimum.
+    """``crown_lower`` in float64 with sound rounding: below the exact real-arithmetic minimum and,
+    under the graph's default ``runtime`` semantics, below every runtime evaluation (``fp.sound_rounding``).
 
     Without slopes this is CROWN. With optimised ``alphas`` (final rows) and ``intermediate_alphas``
     (per bounded tensor) it returns the larger of CROWN's bound and the bound with those slopes over
@@ -279,13 +304,14 @@ def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
     dev = g.device
     s = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
     C, d = C.to(dev, torch.float64), d.to(dev, torch.float64)
+    rnd = sound_rounding(g)
     with sound_context():
-        best = crown_lower(g, s, C, d, SOUND, coefficients=coefficients)
+        best = crown_lower(g, s, C, d, rnd, coefficients=coefficients)
         if alphas is None and intermediate_alphas is None:
             return best
         inter = {t: _as64(a, dev) for t, a in intermediate_alphas.items()} if intermediate_alphas else None
-        boxes = compute_boxes(g, s, SOUND, alphas=inter)
-        best = torch.maximum(best, crown_lower(g, s, C, d, SOUND, boxes=boxes))
+        boxes = compute_boxes(g, s, rnd, alphas=inter)
+        best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes))
         if alphas:
-            best = torch.maximum(best, crown_lower(g, s, C, d, SOUND, boxes=boxes, alphas=_as64(alphas, dev)))
+            best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes, alphas=_as64(alphas, dev)))
     return best

@@ -1,8 +1,20 @@
-"""Sound floating point: the argument that lets a computed bound stand for a real-arithmetic bound.
+"""Sound floating point: the argument that lets a computed bound stand for the network's values.
 
-What a *proved* verdict means: the network, evaluated in exact real arithmetic on its stored weights
-(float32 values, exact in float64), maps no point of the input set into the unsafe region. Bounds
-computed in floating point can be wrong by rounding; this module supplies the corrections.
+What a *proved* verdict means (``semantics="runtime"``, the default): for every input of the set, the
+property holds for the network evaluated in exact real arithmetic on its stored weights **and** for the
+network as its runtime evaluates it in the model's own precision (IEEE arithmetic in any summation
+order, with or without fused multiply-add, with or without flushing subnormal operands and results to
+zero, explicit casts included). ``semantics="real"`` keeps the first half only. Two kinds of rounding
+are therefore accounted for, separately:
+
+* the rounding of the *bound computation itself* (float64, below), and
+* the *runtime's* rounding, one perturbation per op (``runtime_perturbation`` in ``rules``): the value
+  the runtime produces at a node is the exact op applied to the runtime's inputs plus an error ``e``
+  with ``|e| <= E(node, input magnitudes)`` in the runtime's unit roundoff ``u_r`` and smallest normal
+  ``t_r``. IBP widens each node's box by ``E``; CROWN adds ``e`` as a bounded variable at the node's
+  output, so the backward pass subtracts ``<|Lambda|, E>``. Since ``e = 0`` is admissible, the same
+  sets also contain the exact network's values. A runtime that can overflow to infinity on the box is
+  refused for a proof (``OverflowRisk``).
 
 The argument (standard a-priori error analysis, Higham, *Accuracy and Stability of Numerical
 Algorithms*, 2nd ed., Lemma 3.1 and section 3.1):
@@ -26,8 +38,10 @@ Algorithms*, 2nd ed., Lemma 3.1 and section 3.1):
   the SLEEF/glibc routines) plus the smallest normal.
 * Monotone end points are rounded outward with ``nextafter``, and the input box itself is widened
   by one ulp, which covers the decimal-to-binary rounding of VNN-LIB constants.
-* Underflow: ``sound_context`` flushes subnormals to zero (for speed), so every operation may lose
-  up to the smallest normal ``tiny`` in absolute terms; each error bound adds ``2 (n + 2) tiny``.
+* Underflow: ``sound_context`` switches flush-to-zero *off* (IEEE gradual underflow), so subnormal
+  weights and inputs are used as they are (a float64 weight ``1e-310`` is not an exact zero); each
+  error bound still adds ``2 (n + 2) tiny`` absolute, which covers both gradual underflow and a result
+  flushed to zero by a thread whose flag some other library set.
 * The final margin ``C y - d`` of every specification row is concretised in float64 with
   ``gamma_{n+1}`` plus the representation error of ``C`` and ``d`` subtracted (``certify_margin``).
 
@@ -64,6 +78,8 @@ class Rounding:
     """How bound rules treat rounding: ``sound=True`` widens every result to cover it."""
 
     sound: bool = True
+    # the runtime's precision whose per-op rounding is covered too (None: exact real arithmetic only)
+    runtime: torch.dtype | None = None
 
     def outward(self, box: Box) -> Box:
         """End points of one rounded operation, moved outward: one ulp for the rounding and the
@@ -132,18 +148,31 @@ class Rounding:
 
 SOUND = Rounding(True)
 FAST = Rounding(False)
+SEMANTICS = ("runtime", "real")
+
+
+class OverflowRisk(ArithmeticError):
+    """The runtime may overflow to infinity somewhere on the input set: no bound can stand for it."""
+
+
+def sound_rounding(graph) -> Rounding:
+    """The sound ``Rounding`` for ``graph``'s declared semantics (``graph.meta["semantics"]``, default
+    ``"runtime"``): covering the runtime's rounding in ``graph.runtime_dtype``, or real arithmetic only."""
+    semantics = graph.meta.get("semantics", "runtime")
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics: expected one of {SEMANTICS}, got {semantics!r}")
+    return Rounding(True, runtime=graph.runtime_dtype if semantics == "runtime" else None)
 
 
 @contextlib.contextmanager
 def sound_context():
-    """Run linear ops as plain sums of products: no oneDNN/cuDNN (Winograd, FFT) and no TF32.
-
-    Subnormal results are flushed to zero (they make CPU matrix products tens of times slower); each
-    error bound carries an absolute ``tiny`` per operation for that, and ``Rounding.input_box`` keeps
-    subnormals out of the inputs. On exit the flush is switched off again (torch's default)."""
+    """Run linear ops as plain sums of products: no oneDNN/cuDNN (Winograd, FFT) and no TF32, and
+    with IEEE gradual underflow: flush-to-zero is switched off, since it also flushes subnormal
+    *operands* (a subnormal weight would count as an exact zero). Each error bound still carries an
+    absolute ``tiny`` per operation. On exit the flush stays off (torch's default)."""
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the mkldnn context manager warns about Intel GPUs

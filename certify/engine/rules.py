@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from ..sets import Box
-from .fp import Rounding
+from ..sets import Box, down, up
+from .fp import OverflowRisk, Rounding, gamma, unit_roundoff
 
 Params = Mapping[str, Any]
 Forward = Callable[..., Tensor]  # forward(params, *inputs) -> output
@@ -42,6 +42,8 @@ class Relaxation:
 Relax = Callable[[Params, Tensor, Tensor, Rounding, "Tensor | None"], Relaxation]
 # backward(params, A, input_boxes, rounding) -> (A per input, bias [N, R], rounding error [N, R])
 Backward = Callable[[Params, Tensor, Sequence[Box], Rounding], tuple[tuple[Tensor, ...], Tensor, Tensor]]
+# runtime_error(params, input_boxes, runtime dtype) -> E [B, *out]: |runtime value - exact op value| <= E
+RuntimeError_ = Callable[[Params, Sequence[Box], torch.dtype], Tensor]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class OpRule:
     marks a ``relax`` whose lower slope can be optimised within ``alpha_range``.
     ``example(generator)`` returns random ``(params, input_shapes)`` for the soundness tests.
     ``domain`` is where those tests draw box end points.
+    ``runtime_error(params, boxes, fmt)`` bounds, elementwise, how far a runtime computing in ``fmt``
+    may land from the exact op applied to the same inputs (any inputs in ``boxes``); None: the op only
+    moves values (no arithmetic, nothing rounded or flushed).
     """
 
     op: str
@@ -73,6 +78,7 @@ class OpRule:
     backward: Backward | None = None
     alpha: bool = False
     domain: tuple[float, float] = (-4.0, 4.0)
+    runtime_error: RuntimeError_ | None = None
 
 
 def monotone_ibp(forward: Forward, rounding_ulps: float | None, elementwise: bool = False) -> IBP:
@@ -158,6 +164,105 @@ def affine_map_ibp(
         return rnd.from_center_radius(c2, r2, err)
 
     return ibp
+
+
+def magnitude(box: Box) -> Tensor:
+    """``max(|l|, |u|)``, elementwise."""
+    return torch.maximum(box.lower.abs(), box.upper.abs())
+
+
+def _finish(E: Tensor, out_mag: Tensor, fmt: torch.dtype) -> Tensor:
+    """``E`` rounded up past its own float64 evaluation (a few roundings: ``(1 + 16 u)``, plus the
+    smallest normal); ``OverflowRisk`` when a value of magnitude ``out_mag + E`` may not be finite in
+    ``fmt`` (the runtime would return inf, which no bound covers)."""
+    E = up(E * (1 + 16 * unit_roundoff(E.dtype)) + torch.finfo(E.dtype).tiny)
+    if bool((out_mag + E >= torch.finfo(fmt).max).any()) or not bool(torch.isfinite(E).all()):
+        raise OverflowRisk(f"a value may exceed the largest {fmt} ({torch.finfo(fmt).max:.3g}) at runtime")
+    return E
+
+
+def affine_runtime_error(abs_forward: Forward, bias_abs: Callable[[Params], Tensor | None],
+                         fan_in: Callable[[Params], int]) -> RuntimeError_:
+    """Runtime error of ``y = L x + b`` evaluated in ``fmt`` (unit roundoff ``u``, smallest normal ``t``):
+
+    ``E = gamma_{n+4+k} (|L| (m + t) + |b|_rt) + |L_sub| m + 2 (n + 4 + k) t``
+
+    with ``n`` the terms per output, ``m`` the input magnitude, and ``k = params["runtime_ops"]`` extra
+    roundings of the op's own definition (BatchNorm's subtract, square root, divide: the runtime may
+    fold them into a scale and shift first). Higham's ``gamma`` covers any summation order and FMA;
+    the four spare roundings cover the runtime fusing the op with a neighbouring affine op (Conv with
+    BatchNorm, MatMul with Add). ``|b|_rt = params["runtime_bias_abs"]`` is the magnitude of the
+    additive constants *as the file states them* (BatchNorm: ``|beta| + |mean scale|``, which may be
+    far larger than the folded shift); otherwise ``|b|``. Flushing: a subnormal input read as zero
+    loses at most ``|L| t`` (hence ``m + t``), a subnormal weight read as zero ``|L_sub| m``
+    (``params["subnormal_abs"]`` overrides the parameters so that ``abs_forward`` applies ``|L_sub|``),
+    and each of the ``n + 4 + k`` rounded results at most ``t`` when flushed."""
+
+    def error(p: Params, boxes: Sequence[Box], fmt: torch.dtype) -> Tensor:
+        (box,) = boxes
+        m = magnitude(box)
+        t = torch.finfo(fmt).tiny
+        n = fan_in(p) + 4 + int(p.get("runtime_ops", 0))
+        b = p.get("runtime_bias_abs")
+        if b is None:
+            b = bias_abs(p)
+        mag = abs_forward(p, m)
+        bound = abs_forward(p, m + t)
+        if b is not None:
+            bound = bound + b
+            mag = mag + b
+        E = gamma(n, fmt) * bound + 2 * n * t
+        sub = p.get("subnormal_abs")
+        if sub is not None:
+            E = E + abs_forward({**p, **sub}, m)
+        return _finish(E, mag, fmt)
+
+    return error
+
+
+def sum_runtime_error(p: Params, boxes: Sequence[Box], fmt: torch.dtype) -> Tensor:
+    """``a + b`` (or ``a - b``) of two data tensors: one rounding, ``u (m_a + m_b)``, plus ``3 t`` for
+    two flushed operands and a flushed result."""
+    m = magnitude(boxes[0]) + magnitude(boxes[1])
+    return _finish(unit_roundoff(fmt) * m + 3 * torch.finfo(fmt).tiny, m, fmt)
+
+
+def flush_runtime_error(forward: Forward) -> RuntimeError_:
+    """Ops exact in floating point (ReLU, max): only a flushed subnormal operand, at most ``t``."""
+
+    def error(p: Params, boxes: Sequence[Box], fmt: torch.dtype) -> Tensor:
+        with torch.no_grad():
+            shape_like = forward(p, boxes[0].lower)
+        return torch.full_like(shape_like, torch.finfo(fmt).tiny)
+
+    return error
+
+
+def runtime_perturbation(node, boxes: Sequence[Box], rnd: Rounding) -> Tensor | None:
+    """``E`` of ``node`` for ``rnd.runtime`` (the node may override its precision with
+    ``params["runtime_dtype"]``, e.g. after a Cast), or None when nothing is to be covered."""
+    if rnd.runtime is None or not rnd.sound:
+        return None
+    rule = RULES[node.op]
+    if rule.runtime_error is None:
+        return None
+    fmt = node.params.get("runtime_dtype")
+    fmt = getattr(torch, fmt) if isinstance(fmt, str) else (fmt or rnd.runtime)
+    return rule.runtime_error(node.params, boxes, fmt)
+
+
+def widen(box: Box, E: Tensor | None) -> Box:
+    """``[l - E, u + E]`` rounded outward."""
+    if E is None:
+        return box
+    return Box(down(box.lower - E), up(box.upper + E))
+
+
+def node_box(node, boxes: Sequence[Box], rnd: Rounding) -> tuple[Box, Tensor | None]:
+    """The IBP box of ``node`` over its input boxes, widened by its runtime perturbation ``E`` (which
+    is also returned, for CROWN): contains the exact op's value and the runtime's."""
+    E = runtime_perturbation(node, boxes, rnd)
+    return widen(RULES[node.op].ibp(node.params, boxes, rnd), E), E
 
 
 def _merged() -> dict[str, OpRule]:

@@ -93,7 +93,8 @@ def test_linear_model_matches_closed_form():
     gen = torch.Generator().manual_seed(3)
     W = torch.randn(4, 7, generator=gen, dtype=torch.float64)
     b = torch.randn(4, generator=gen, dtype=torch.float64)
-    graph = Graph("x", (7,), (Node("fc", "linear", ("x",), "y", {"weight": W, "bias": b}, (4,)),), "y", (4,))
+    graph = Graph("x", (7,), (Node("fc", "linear", ("x",), "y", {"weight": W, "bias": b}, (4,)),), "y", (4,),
+                  meta={"semantics": "real"})  # the exact network: its closed form, to 1e-12
     x0 = torch.randn(1, 7, generator=gen, dtype=torch.float64)
     C = torch.randn(1, 5, 4, generator=gen, dtype=torch.float64)
     d = torch.zeros(1, 5, dtype=torch.float64)

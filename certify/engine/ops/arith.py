@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ...sets import Box
 from ..fp import Rounding
-from ..rules import OpRule, Params
+from ..rules import OpRule, Params, sum_runtime_error
 
 
 def _add(p: Params, a: Tensor, b: Tensor) -> Tensor:
@@ -42,6 +42,8 @@ def _sub_t(p: Params, A: Tensor, in_shapes):
 
 RULES = {
     # both inputs have the output's shape (the importer refuses broadcasting between data tensors)
-    "add": OpRule("add", _add, _add_ibp, _two_inputs, linear=True, exact=True, transpose=_add_t),
-    "sub": OpRule("sub", _sub, _sub_ibp, _two_inputs, linear=True, exact=True, transpose=_sub_t),
+    "add": OpRule("add", _add, _add_ibp, _two_inputs, linear=True, exact=True, transpose=_add_t,
+                  runtime_error=sum_runtime_error),
+    "sub": OpRule("sub", _sub, _sub_ibp, _two_inputs, linear=True, exact=True, transpose=_sub_t,
+                  runtime_error=sum_runtime_error),
 }

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rules import OpRule, Params, affine_map_ibp
+from ..rules import OpRule, Params, affine_map_ibp, affine_runtime_error
 
 
 # dense: y = x W^T + b over the last dimension
@@ -145,10 +145,14 @@ def _affine_t(p: Params, A: Tensor, in_shapes) -> tuple[Tensor]:
 RULES = {
     "linear": OpRule("linear", _linear, affine_map_ibp(_linear, _linear_abs, _abs_or_none("bias"),
                                                         lambda p: p["weight"].shape[1], _linear_pair),
-                     _linear_example, linear=True, transpose=_linear_t, abs_forward=_linear_abs),
+                     _linear_example, linear=True, transpose=_linear_t, abs_forward=_linear_abs,
+                     runtime_error=affine_runtime_error(_linear_abs, _abs_or_none("bias"), lambda p: p["weight"].shape[1])),
     "conv2d": OpRule("conv2d", _conv2d, affine_map_ibp(_conv2d, _conv2d_abs, _abs_or_none("bias", trailing=2),
                                                         lambda p: p["weight"][0].numel()),
-                     _conv_example, linear=True, transpose=_conv2d_t, abs_forward=_conv2d_abs),
+                     _conv_example, linear=True, transpose=_conv2d_t, abs_forward=_conv2d_abs,
+                     runtime_error=affine_runtime_error(_conv2d_abs, _abs_or_none("bias", trailing=2),
+                                                        lambda p: p["weight"][0].numel())),
     "affine": OpRule("affine", _affine, affine_map_ibp(_affine, _affine_abs, _abs_or_none("shift"), lambda p: 1),
-                     _affine_example, linear=True, transpose=_affine_t, abs_forward=_affine_abs),
+                     _affine_example, linear=True, transpose=_affine_t, abs_forward=_affine_abs,
+                     runtime_error=affine_runtime_error(_affine_abs, _abs_or_none("shift"), lambda p: 1)),
 }

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rules import OpRule, Params, affine_map_ibp, monotone_ibp
+from ..rules import OpRule, Params, affine_map_ibp, affine_runtime_error, flush_runtime_error, monotone_ibp
 from .linear import _pad
 
 def _maxpool(p: Params, x: Tensor) -> Tensor:
@@ -84,10 +84,13 @@ def _maxpool_backward(p: Params, A: Tensor, boxes, rnd):
 
 RULES = {
     # max is exact in floating point
-    "maxpool2d": OpRule("maxpool2d", _maxpool, monotone_ibp(_maxpool, None), _example, backward=_maxpool_backward),
+    "maxpool2d": OpRule("maxpool2d", _maxpool, monotone_ibp(_maxpool, None), _example, backward=_maxpool_backward,
+                        runtime_error=flush_runtime_error(_maxpool)),
     # an average is a non-negative linear map: |L| = L, no bias; k*k terms plus the division
     "avgpool2d": OpRule("avgpool2d", _avgpool,
                         affine_map_ibp(_avgpool, _avgpool, lambda p: None,
                                        lambda p: p["kernel"][0] * p["kernel"][1] + 1),
-                        _example, linear=True, transpose=_avgpool_t, abs_forward=_avgpool),
+                        _example, linear=True, transpose=_avgpool_t, abs_forward=_avgpool,
+                        runtime_error=affine_runtime_error(_avgpool, lambda p: None,
+                                                           lambda p: p["kernel"][0] * p["kernel"][1] + 1)),
 }

@@ -1,0 +1,132 @@
+"""The declared semantics (``engine.fp``): a *proved* answer covers the exact network and its runtime's
+floating-point evaluation. Each case below was answered wrongly before runtime rounding, subnormals and
+solver tolerances were covered; the truth of each is decided by onnxruntime, never by our own code."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import certify
+from certify.results import Verdict
+
+SOUND_BACKENDS = ("ibp", "crown", "alpha-crown", "bab", "milp", "smt", "auto")
+
+
+def _model(path, nodes, inits, dtype=TensorProto.FLOAT, n_in=1, n_out=1):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, [1, n_in])],
+                          [helper.make_tensor_value_info("y", dtype, [1, n_out])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return str(path)
+
+
+def _const(name, value, dtype=np.float32):
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def _vnnlib(path, lo, hi, unsafe):
+    text = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+    text += f"(assert (>= X_0 {lo}))\n(assert (<= X_0 {hi}))\n(assert {unsafe})\n"
+    path.write_text(text)
+    return str(path)
+
+
+def _ort_max(model_path, lo, hi, dtype=np.float32, n=20001):
+    sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    xs = np.linspace(lo, hi, n).astype(dtype)
+    xs = np.concatenate([xs, np.array([lo, hi], dtype=dtype), np.nextafter(np.array([hi], dtype=dtype), dtype(0))])
+    ys = np.array([sess.run(None, {"x": x.reshape(1, 1)})[0].item() for x in xs[:: max(1, len(xs) // 2000)]])
+    return float(ys.max())
+
+
+def _answers(model_path, spec_path, methods=SOUND_BACKENDS, semantics="runtime"):
+    model = certify.load_model(model_path)
+    prop = certify.read_vnnlib(spec_path)
+    out = {}
+    for m in methods:
+        r = certify.verify(model, prop, method=m, timeout=10, semantics=semantics)
+        out[m] = r
+    return out
+
+
+def _assert_never_proved(results):
+    for m, r in results.items():
+        assert r.verdict is not Verdict.PROVED, f"{m} proved a property the runtime violates"
+        if r.verdict is Verdict.FALSIFIED:  # and every falsification replays (Result guarantees it)
+            assert r.counterexample is not None
+
+
+@pytest.fixture
+def cancel24(tmp_path):
+    """``y = ((x + 2^24) - 2^24) - x``: exactly 0, but onnxruntime returns ~1 at x = 1.0000001."""
+    c = 2.0**24
+    path = _model(tmp_path / "cancel.onnx", [
+        helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Sub", ["a", "c"], ["b"]),
+        helper.make_node("Sub", ["b", "x"], ["y"])], [_const("c", [[c]])])
+    return path
+
+
+def test_runtime_rounding_is_covered_by_every_sound_backend(cancel24, tmp_path):
+    hi = "1.0000001"
+    assert _ort_max(cancel24, 0.0, np.float32(1.0000001)) > 0.5  # the truth: the runtime violates y < 0.5
+    spec = _vnnlib(tmp_path / "p.vnnlib", "0.0", hi, "(>= Y_0 0.5)")
+    results = _answers(cancel24, spec)
+    _assert_never_proved(results)
+    # --semantics real: the exact network is 0 everywhere, and that is provable
+    real = _answers(cancel24, spec, methods=("crown", "milp"), semantics="real")
+    assert real["crown"].verdict is Verdict.PROVED  # backward substitution cancels x exactly
+    assert real["milp"].verdict is not Verdict.FALSIFIED  # HiGHS, at 2^24 scale, may stay undecided
+    assert all(r.semantics == "real" for r in real.values()) and results["crown"].semantics == "runtime"
+
+
+def test_batchnorm_cancellation_against_large_statistics(tmp_path):
+    """mean 8e6 and beta ~ mean * scale: the exact output is ``(x - mean) s + beta`` in [1.27, 2.48] on
+    [0.3, 0.7], but float32 cannot hold ``mean * s`` (spacing 2) and onnxruntime lands ~1.6 higher."""
+    var, mean = np.float32(0.11), np.float32(8e6)
+    s = 1 / np.sqrt(np.float64(var))
+    beta = np.float32(np.float64(mean) * s)
+    inits = [_const("s", [1.0]), _const("b", [beta]), _const("m", [mean]), _const("v", [var]),
+             _const("ax", [2, 3], np.int64)]
+    nodes = [helper.make_node("Unsqueeze", ["x", "ax"], ["x4"]),
+             helper.make_node("BatchNormalization", ["x4", "s", "b", "m", "v"], ["bn"], epsilon=0.0),
+             helper.make_node("Flatten", ["bn"], ["y"])]
+    path = _model(tmp_path / "bn.onnx", nodes, inits)
+    exact_max = (0.7 - float(mean)) * s + float(beta)
+    worst = _ort_max(path, 0.3, 0.7)
+    assert worst > exact_max + 0.5  # the truth: the runtime reaches far beyond the exact network
+    spec = _vnnlib(tmp_path / "p.vnnlib", "0.3", "0.7", f"(>= Y_0 {worst - 0.01})")
+    results = _answers(path, spec)
+    _assert_never_proved(results)
+    # the exact network never gets there (the attack would find the runtime's point: it replays on it)
+    real = certify.verify(certify.load_model(path), certify.read_vnnlib(spec), method="crown", attack=False,
+                          semantics="real")
+    assert real.verdict is Verdict.PROVED
+
+
+def test_subnormal_weight_in_a_float64_model(tmp_path):
+    """``y = 1e-310 x`` on ``[0, 1e300]`` reaches 1e-10: a flushed weight would make it 0."""
+    path = _model(tmp_path / "sub.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                  [_const("w", [[1e-310]], np.float64)], dtype=TensorProto.DOUBLE)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.array([[1e300]])})[0].item() >= 1e-11  # the truth
+    spec = _vnnlib(tmp_path / "p.vnnlib", "0.0", "1e300", "(>= Y_0 1e-11)")
+    results = _answers(path, spec, methods=("ibp", "crown", "alpha-crown", "smt", "auto"))
+    _assert_never_proved(results)
+    assert results["auto"].verdict is Verdict.FALSIFIED
+
+
+def test_milp_does_not_trust_coefficients_the_solver_drops(tmp_path):
+    """``1e4 relu(1e-10 x - 0.19999) < 0.05`` on ``[1e9, 2e9]`` is false at 2e9 (HiGHS drops 1e-10)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Add", ["a", "b"], ["z"]),
+             helper.make_node("Relu", ["z"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    path = _model(tmp_path / "tiny.onnx", nodes, [_const("w", [[1e-10]]), _const("b", [-0.19999]),
+                                                   _const("w2", [[1e4]])])
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.array([[2e9]], np.float32)})[0].item() >= 0.05  # the truth
+    spec = _vnnlib(tmp_path / "p.vnnlib", "1e9", "2e9", "(>= Y_0 0.05)")
+    results = _answers(path, spec, methods=("milp", "smt", "crown"))
+    _assert_never_proved(results)
