@@ -383,7 +383,11 @@ class _Importer:
         # scale: three roundings (add, sqrt, divide); shift: two more on top of scale's error
         params = {"scale": _t(scale.reshape(shape)), "shift": _t(shift.reshape(shape)),
                   "rel_err": 4 * U64,
-                  "abs_err": _t((6 * U64 * (np.abs(beta) + np.abs(mean * scale))).reshape(shape))}
+                  "abs_err": _t((6 * U64 * (np.abs(beta) + np.abs(mean * scale))).reshape(shape)),
+                  # the runtime computes with the file's constants (subtract, add, square root, divide,
+                  # multiply, add; possibly folded first): its error is against |beta| + |mean scale|
+                  "runtime_bias_abs": _t(((np.abs(beta) + np.abs(mean * scale)) * (1 + 8 * U64)).reshape(shape)),
+                  "runtime_ops": 6}
         self.add(node, "affine", [x], params)
 
     def _arith(self, node, ins, attrs):
