@@ -49,11 +49,13 @@ class Graph:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The precision the engine evaluates this graph in: its parameters' (or, for a graph without
+        floating-point parameters, the one ``to`` was last asked for; float64 by default)."""
         for node in self.nodes:
             for v in node.params.values():
                 if isinstance(v, Tensor) and v.is_floating_point():
                     return v.dtype
-        return torch.float64
+        return getattr(torch, str(self.meta.get("compute_dtype", "float64")))
 
     @property
     def runtime_dtype(self) -> torch.dtype:
@@ -90,7 +92,8 @@ class Graph:
             return v
 
         nodes = tuple(replace(n, params={k: conv(v) for k, v in n.params.items()}) for n in self.nodes)
-        return replace(self, nodes=nodes)
+        meta = {**self.meta, "compute_dtype": str(dtype).removeprefix("torch.")} if dtype is not None else self.meta
+        return replace(self, nodes=nodes, meta=meta)
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate on a batch ``[B, *input_shape]`` (differentiable; used by attacks and training)."""

@@ -131,3 +131,22 @@ def test_milp_does_not_trust_coefficients_the_solver_drops(tmp_path):
     spec = _vnnlib(tmp_path / "p.vnnlib", "1e9", "2e9", "(>= Y_0 0.05)")
     results = _answers(path, spec, methods=("milp", "smt", "crown"))
     _assert_never_proved(results)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.DOUBLE])
+def test_parameter_free_graphs_get_answers_not_crashes(tmp_path, dtype):
+    """``y = relu(x) - x`` has no floating-point parameter: alpha-crown raised KeyError and bab a dtype
+    mismatch. Both properties are decided by the closed form ``y = max(-x, 0)`` on [-1, 1]."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sub", ["r", "x"], ["y"])]
+    path = _model(tmp_path / "free.onnx", nodes, [], dtype=dtype)
+    holds = _vnnlib(tmp_path / "holds.vnnlib", "-1", "1", "(>= Y_0 1.5)")
+    fails = _vnnlib(tmp_path / "fails.vnnlib", "-1", "1", "(>= Y_0 0.75)")
+    for m, r in _answers(path, holds, methods=("ibp", "crown", "alpha-crown", "bab", "milp", "smt")).items():
+        assert "backend_error" not in r.reason, (m, r.reason)
+        assert r.verdict is not Verdict.FALSIFIED
+        if m != "ibp":  # interval arithmetic loses the correlation of relu(x) and x
+            assert r.verdict is Verdict.PROVED, (m, r.reason)
+    model = certify.load_model(path)
+    for m in ("alpha-crown", "bab", "milp", "auto"):
+        r = certify.verify(model, certify.read_vnnlib(fails), method=m, timeout=10)
+        assert "backend_error" not in r.reason and r.verdict is not Verdict.PROVED, (m, r.reason)

@@ -59,7 +59,7 @@ def _initial(graph: Graph, boxes, R: int, options: AlphaOptions):
         total = 0
         for t in _needs_bounds(graph):
             rows = 2 * boxes[t].lower[0].numel()
-            chosen = {n.name: n for i, n in relus if i < producer[t]}
+            chosen = {n.name: n for i, n in relus if i < producer.get(t, -1)}  # the input: no ReLU before it
             total += sum(rows * boxes[n.inputs[0]].lower.numel() for n in chosen.values())
             if chosen:
                 inter[t] = {name: _adaptive(n, boxes, rows) for name, n in chosen.items()}
