@@ -96,9 +96,10 @@ def read_instances(path: str | Path) -> list[Instance]:
 
 
 def run(instances: Sequence[Instance], method: str = "auto", *, timeout: float | None = None, device: str = "cpu",
-        memory_mb: float | None = None, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run ``method`` on every instance (``timeout`` overrides the per-instance one; ``memory_mb`` as in
-    ``api.verify``). A model or property
+        memory_mb: float | None = None, on_outcome: Callable[[Outcome], None] | None = None,
+        semantics: str = "runtime") -> list[Outcome]:
+    """Run ``method`` on every instance (``timeout`` overrides the per-instance one; ``memory_mb`` and
+    ``semantics`` as in ``api.verify``). A model or property
     that cannot be read gives the answer ``error`` with the message; models and properties are loaded
     once each, outside the timed part."""
     from .models import load_model
@@ -117,7 +118,7 @@ def run(instances: Sequence[Instance], method: str = "auto", *, timeout: float |
                 props[inst.vnnlib] = read_vnnlib(inst.vnnlib)
             t0 = time.perf_counter()
             result = api.verify(models[inst.onnx], props[inst.vnnlib], method, timeout=limit, device=device,
-                                memory_mb=memory_mb)
+                                memory_mb=memory_mb, semantics=semantics)
             outcome = Outcome(answer=answer([result]), method=result.method, time_s=time.perf_counter() - t0,
                               note=result.reason, **base)
         except CertifyError as exc:

@@ -77,6 +77,9 @@ def _version() -> str:
         return "0+unknown"
 
 
+SEMANTICS_HELP = ("what 'proved' covers. runtime (default): the network in exact arithmetic AND as its runtime "
+                  "evaluates it in the model's precision (any summation order, FMA, flush-to-zero); real: the "
+                  "exact network only (a float counterexample may still exist). Recorded in every result")
 MEMORY_HELP = ("memory cap in MiB for branch-and-bound's open domains (default 4096); past it the "
                "property is unknown with the reason, never a crash")
 
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="torch device for bound computation, e.g. cpu or cuda")
     m.add_argument("--no-attack", action="store_true", help="skip the PGD falsifier")
     m.add_argument("--memory-limit", type=float, metavar="MIB", help=MEMORY_HELP)
+    m.add_argument("--semantics", choices=("runtime", "real"), default="runtime", help=SEMANTICS_HELP)
     ld = v.add_argument_group("model loading")
     ld.add_argument("--arch", metavar="MODULE:CLASS", help="architecture class for a state-dict checkpoint")
     ld.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch, e.g. 1,28,28 "
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
     s.add_argument("--device", default="cpu", help="torch device for bound computation")
     s.add_argument("--memory-limit", type=float, metavar="MIB", help=MEMORY_HELP)
+    s.add_argument("--semantics", choices=("runtime", "real"), default="runtime", help=SEMANTICS_HELP)
     s.add_argument("--every", type=int, default=1, metavar="K", help="run every K-th instance only (a quick sample)")
     s.add_argument("--csv", metavar="FILE", help="write per-instance rows (answer, expected, time, ...) as CSV, "
                                                  "each as soon as it is known")
@@ -312,7 +317,7 @@ def cmd_verify(args) -> int:
     t0 = time.perf_counter()
     for prop in props:
         r = api.verify(model, prop, args.method, timeout=args.timeout, device=args.device, attack=not args.no_attack,
-                       memory_mb=args.memory_limit)
+                       memory_mb=args.memory_limit, semantics=args.semantics)
         results.append(r)
         if args.json:
             print(json.dumps({"source": prop.source, **r.to_dict()}), flush=True)
@@ -322,7 +327,8 @@ def cmd_verify(args) -> int:
 
     counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
     summary = {"proved": counts[Verdict.PROVED], "falsified": counts[Verdict.FALSIFIED],
-               "unknown": counts[Verdict.UNKNOWN], "total": len(results), "time_s": round(total, 3)}
+               "unknown": counts[Verdict.UNKNOWN], "total": len(results), "time_s": round(total, 3),
+               "semantics": args.semantics}
     probabilistic = sum(r.verdict is Verdict.PROVED and r.guarantee is Guarantee.PROBABILISTIC for r in results)
     if probabilistic:
         summary["proved_probabilistic"] = probabilistic
@@ -338,7 +344,7 @@ def cmd_verify(args) -> int:
         note = (f" ({probabilistic} of them only with probability, about the smoothed classifier, not the network)"
                 if probabilistic else "")
         print(f"\n{summary['proved']} proved{note}, {summary['falsified']} falsified, {summary['unknown']} unknown "
-              f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method})")
+              f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method}, semantics {args.semantics})")
 
     if args.vnncomp_result:
         from .vnncomp import result_file_text
@@ -404,7 +410,7 @@ def cmd_bench(args) -> int:
 
     try:
         outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device,
-                             memory_mb=args.memory_limit, on_outcome=report)
+                             memory_mb=args.memory_limit, on_outcome=report, semantics=args.semantics)
     finally:
         progress.close()
         if log is not None:

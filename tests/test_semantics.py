@@ -150,3 +150,21 @@ def test_parameter_free_graphs_get_answers_not_crashes(tmp_path, dtype):
     for m in ("alpha-crown", "bab", "milp", "auto"):
         r = certify.verify(model, certify.read_vnnlib(fails), method=m, timeout=10)
         assert "backend_error" not in r.reason and r.verdict is not Verdict.PROVED, (m, r.reason)
+
+
+def test_cli_semantics_flag_is_recorded(cancel24, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    spec = _vnnlib(tmp_path / "p.vnnlib", "0.0", "1.0000001", "(>= Y_0 0.5)")
+    cmd = [sys.executable, "-m", "certify.cli", "verify", cancel24, spec, "--method", "crown", "--no-attack", "--json"]
+    runtime = subprocess.run(cmd, capture_output=True, text=True)
+    real = subprocess.run(cmd + ["--semantics", "real"], capture_output=True, text=True)
+    rows_rt = [json.loads(line) for line in runtime.stdout.splitlines()]
+    rows_real = [json.loads(line) for line in real.stdout.splitlines()]
+    assert rows_rt[0]["semantics"] == "runtime" and rows_rt[0]["verdict"] == "unknown" and runtime.returncode == 3
+    assert rows_real[0]["semantics"] == "real" and rows_real[0]["verdict"] == "proved" and real.returncode == 0
+    assert rows_real[-1]["summary"]["semantics"] == "real"
+    bad = subprocess.run(cmd + ["--semantics", "float"], capture_output=True, text=True)
+    assert bad.returncode == 2
