@@ -8,6 +8,17 @@ handled is collected, and one ``UnsupportedOpError`` lists them all with node na
 Conventions: the first dimension of the model input is the batch (fixed to 1 in most VNN-COMP
 files); every data tensor must keep it, and the internal graph replaces it with a free batch.
 Initializers that old exporters also list in ``graph.input`` (ACAS Xu) are not inputs.
+
+Faithfulness rules (nothing is dropped silently):
+
+* every handler declares the attributes it understands, and which values (``ATTRS``); any other
+  attribute, or an unsupported value, makes the node unsupported, naming node, op and attribute;
+* nondeterministic ops (``NONDETERMINISTIC``: random draws) are refused, also with constant inputs:
+  folding them would bake one draw into the model while the runtime draws anew on every run;
+  Dropout is an identity only in inference mode (``training_mode`` absent or a constant false);
+* the element type of every data tensor is tracked: a widening float ``Cast`` is an identity, a
+  narrowing one becomes a ``round`` node (``engine.ops.cast``), and each node computing in a type other
+  than the model input's records it as ``params["runtime_dtype"]`` (the runtime's precision there).
 """
 from __future__ import annotations
 
@@ -26,6 +37,12 @@ from .graph import Graph, Node
 
 U64 = 2.0**-53
 FOLDED_ONLY = ("Constant", "Shape")  # ops handled without a handler (constant folding, static shapes)
+# ops whose value is a fresh random draw on every run: never folded, never imported
+NONDETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike",
+                              "Bernoulli", "Multinomial"})
+TP = onnx.TensorProto
+FLOAT_TYPES = {TP.FLOAT16: "float16", TP.FLOAT: "float32", TP.DOUBLE: "float64"}
+FLOAT_BITS = {TP.FLOAT16: 16, TP.FLOAT: 32, TP.DOUBLE: 64}
 
 
 class _Unsupported(Exception):
@@ -96,14 +113,25 @@ class _Importer:
         else:
             self.batch_added = False
         self.shape[self.input.name] = tuple(dims)
+        # element type of every data tensor; a node computes in the type of its data inputs
+        self.default_elem = self.input.type.tensor_type.elem_type
+        self.elem: dict[str, int] = {self.input.name: self.default_elem}
+        self.out_elem: int | None = None  # the type the node being imported computes in
         gen = torch.Generator().manual_seed(0)
         self.dummy[self.input.name] = torch.randn(tuple(dims), generator=gen, dtype=torch.float64)
 
     # -- helpers -----------------------------------------------------------------------------
     def fold(self, node: onnx.NodeProto) -> None:
-        """Evaluate a node whose inputs are all constants (ONNX reference evaluator)."""
+        """Evaluate a node whose inputs are all constants (ONNX reference evaluator). A random op (also
+        one inside a subgraph) is refused: its folded value would be one draw, fixed forever."""
         from onnx.reference import ReferenceEvaluator
 
+        random = _random_ops(node)
+        if random:
+            raise _Unsupported(f"nondeterministic op {random[0]}: each run draws new random values, "
+                               "folding it would keep one draw")
+        if node.op_type == "Dropout":
+            self._dropout_mode(node, _attrs(node))
         ins = [n for n in node.input if n]
         feeds = {n: self.const[n] for n in ins}
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()]
@@ -117,12 +145,16 @@ class _Importer:
 
     def add(self, onnx_node: onnx.NodeProto, op: str, inputs: list[str], params: dict[str, Any]) -> None:
         name = onnx_node.name or onnx_node.output[0]
+        out = onnx_node.output[0]
+        elem = self.out_elem if self.out_elem is not None else self.default_elem
+        self.elem[out] = elem
+        if FLOAT_TYPES.get(elem) != FLOAT_TYPES.get(self.default_elem) and elem in FLOAT_TYPES:
+            params["runtime_dtype"] = FLOAT_TYPES[elem]  # this node computes in another precision (Cast)
         if self._fuse_bias(onnx_node, op, inputs, params):
             return
         if "weight" in params:
             params["weight_abs"] = params["weight"].abs()  # |W| for interval and linear bounds, once
         value = RULES[op].forward(params, *[self.dummy[i] for i in inputs])
-        out = onnx_node.output[0]
         if value.shape[0] != 1:
             raise _Unsupported(f"output shape {tuple(value.shape)} does not keep the batch dimension")
         self.dummy[out] = value
@@ -132,10 +164,12 @@ class _Importer:
     def _fuse_bias(self, onnx_node, op: str, inputs: list[str], params: dict[str, Any]) -> bool:
         """Fold ``MatMul`` + ``Add(bias)`` into one dense node (one less op per layer). The exact bias is
         ``b + shift``; its float64 sum is rounded once, recorded in ``abs_err``."""
-        if op != "affine" or set(params) != {"shift"} or not self.nodes:
+        if op != "affine" or set(params) - {"runtime_dtype"} != {"shift"} or not self.nodes:
             return False
         prev = self.nodes[-1]
         x = inputs[0]
+        if prev.params.get("runtime_dtype") != params.get("runtime_dtype"):
+            return False
         if prev.op != "linear" or prev.output != x or self.consumers.get(x, 0) != 1 or x == self.graph_output:
             return False
         shift = params["shift"]
@@ -178,6 +212,8 @@ class _Importer:
                 self.dead.update(node.output)
                 continue
             try:
+                if node.op_type in NONDETERMINISTIC:
+                    raise _Unsupported("nondeterministic: the runtime draws new random values on every run")
                 if node.op_type == "Constant":
                     self.fold(node)
                     continue
@@ -185,13 +221,15 @@ class _Importer:
                 if not data:
                     self.fold(node)
                     continue
+                attrs = self.check_attrs(node)
                 if node.op_type == "Shape":
                     self.shape_of(node)
                     continue
                 handler = self.HANDLERS.get(node.op_type)
                 if handler is None:
                     raise _Unsupported("")
-                handler(self, node, ins, _attrs(node))
+                self.out_elem = self.elem.get(data[0], self.default_elem)
+                handler(self, node, ins, attrs)
             except _Unsupported as exc:
                 label = node.op_type + (f" ({exc.why})" if exc.why else "")
                 self.problems.append((name, label))
@@ -219,6 +257,22 @@ class _Importer:
                   "runtime_dtype": {onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16"}.get(
                       self.input.type.tensor_type.elem_type, "float32")},
         )
+
+    def check_attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
+        """The node's attributes, after checking each against ``ATTRS[op]``: an attribute not declared
+        there, or a value its check rejects, makes the node unsupported (no attribute is ignored)."""
+        attrs = _attrs(node)
+        declared = ATTRS.get(node.op_type)
+        if declared is None:
+            return attrs  # no handler either: reported as an unsupported op
+        for key, value in attrs.items():
+            shown = value.decode() if isinstance(value, bytes) else value
+            if key not in declared:
+                raise _Unsupported(f"attribute {key}={shown!r} is not understood by the importer")
+            check = declared[key]
+            if check is not None and not check(value, self.opset):
+                raise _Unsupported(f"attribute {key}={shown!r} is not supported")
+        return attrs
 
     def shape_of(self, node: onnx.NodeProto) -> None:
         shape = np.array(self.shape[node.input[0]], dtype=np.int64)
@@ -280,8 +334,6 @@ class _Importer:
         a, b = ins[0], ins[1]
         if a not in self.shape or b not in self.const or (len(ins) > 2 and ins[2] not in self.const):
             raise _Unsupported("only Gemm(data, constant, constant) is supported")
-        if attrs.get("transA", 0):
-            raise _Unsupported("transA=1 on the data input")
         alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
         B = self.const[b].astype(np.float64)
         W = B if attrs.get("transB", 0) else B.T
@@ -307,6 +359,8 @@ class _Importer:
         W = self.const[w]
         if W.ndim != 4:
             raise _Unsupported(f"only 2-D convolution is supported (weight rank {W.ndim})")
+        if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != tuple(W.shape[2:]):
+            raise _Unsupported(f"kernel_shape={list(attrs['kernel_shape'])} differs from the weight's {list(W.shape[2:])}")
         params = self._window(attrs, self.shape[x], tuple(W.shape[2:]))
         params.update(weight=_t(W), groups=int(attrs.get("group", 1)))
         if len(ins) > 2:
@@ -322,6 +376,8 @@ class _Importer:
         strides = tuple(attrs.get("strides", (1, 1)))
         dil = tuple(attrs.get("dilations", (1, 1)))
         pads = list(attrs.get("pads", (0, 0, 0, 0)))
+        if len(strides) != 2 or len(dil) != 2 or len(pads) != 4 or len(kernel) != 2:
+            raise _Unsupported(f"window attributes of the wrong rank (strides {strides}, dilations {dil}, pads {pads})")
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             pads = []
             for i in range(2):
@@ -374,6 +430,10 @@ class _Importer:
         x = ins[0]
         if any(n not in self.const for n in ins[1:5]):
             raise _Unsupported("statistics must be constants (inference mode)")
+        if self.opset < 7 and not attrs.get("is_test", 0):
+            raise _Unsupported("is_test=0 (training mode: batch statistics) in opset < 7")
+        if any(self.consumers.get(o, 0) or o == self.graph_output for o in node.output[1:] if o):
+            raise _Unsupported("the running-statistics outputs (training mode) are consumed")
         gamma, beta, mean, var = (self.const[n].astype(np.float64) for n in ins[1:5])
         eps = float(attrs.get("epsilon", 1e-5))
         full = self.shape[x]
@@ -445,9 +505,46 @@ class _Importer:
         self.add(node, "identity", [ins[0]], {})
 
     def _cast(self, node, ins, attrs):
+        """A float cast of data. Widening (or to the same type): exact, an identity; the nodes after it
+        compute in the wider type. Narrowing: a ``round`` node (round to nearest in the target, see
+        ``engine.ops.cast``); the nodes after it compute in the narrower type. Casts to integer or bool
+        types are not supported (a step function)."""
         to = attrs.get("to")
-        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-            raise _Unsupported(f"cast of data to type {to}")
+        src = self.out_elem
+        if to not in FLOAT_TYPES:
+            name = TP.DataType.Name(to) if to in TP.DataType.values() else to
+            raise _Unsupported(f"cast of data to type {name} (only float16, float32 and float64)")
+        if src not in FLOAT_TYPES:
+            raise _Unsupported(f"cast of data of type {src}")
+        self.out_elem = to
+        if FLOAT_BITS[to] >= FLOAT_BITS[src]:
+            self.add(node, "identity", [ins[0]], {})
+            return
+        from .engine.ops.cast import round_params
+
+        via = "float32" if (src, to) == (TP.DOUBLE, TP.FLOAT16) else None  # a runtime may round twice
+        self.add(node, "round", [ins[0]], round_params(FLOAT_TYPES[to], via))
+
+    def _dropout_mode(self, node, attrs) -> None:
+        """Refuse a Dropout that is not an inference-mode identity: ``training_mode`` (third input, opset
+        >= 12) must be absent or a constant false; opset < 7 needs ``is_test=1``; the mask must be unused."""
+        name = node.name or node.output[0]
+        if self.opset < 7 and not attrs.get("is_test", 0):
+            raise _Unsupported(f"Dropout '{name}' without is_test=1 (opset {self.opset}) is in training mode: "
+                               "training-mode Dropout is random")
+        if len(node.input) > 2 and node.input[2]:
+            mode = node.input[2]
+            if mode not in self.const:
+                raise _Unsupported(f"Dropout '{name}': training_mode '{mode}' is not a constant "
+                                   "(training-mode Dropout is random)")
+            if bool(np.asarray(self.const[mode]).any()):
+                raise _Unsupported(f"training-mode Dropout is random (node '{name}', training_mode={mode} is true)")
+        mask = [o for o in node.output[1:] if o]
+        if any(self.consumers.get(o, 0) or o == self.graph_output for o in mask):
+            raise _Unsupported(f"Dropout '{name}': its mask output is consumed")
+
+    def _dropout(self, node, ins, attrs):
+        self._dropout_mode(node, attrs)
         self.add(node, "identity", [ins[0]], {})
 
     def _neg(self, node, ins, attrs):
@@ -459,7 +556,7 @@ class _Importer:
         "Tanh": _unary("tanh"),
         "LeakyRelu": _leaky,
         "Identity": _identity,
-        "Dropout": _identity,
+        "Dropout": _dropout,
         "Cast": _cast,
         "Neg": _neg,
         "Flatten": _reshape_like,
@@ -480,6 +577,64 @@ class _Importer:
         "Concat": _concat,
         "Transpose": _transpose,
     }
+
+
+def _random_ops(node: onnx.NodeProto) -> list[str]:
+    """Names of the nondeterministic ops in ``node`` and in its subgraphs (If, Loop, Scan bodies)."""
+    found = [f"{node.op_type} '{node.name}'" if node.name else node.op_type] if node.op_type in NONDETERMINISTIC else []
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            for inner in g.node:
+                found += _random_ops(inner)
+    return found
+
+
+def _any(value, opset) -> bool:
+    return True
+
+
+def _is(*allowed):
+    """A check accepting only the listed values (bytes compared as text)."""
+    def check(value, opset) -> bool:
+        v = value.decode() if isinstance(value, bytes) else value
+        return v in allowed
+
+    return check
+
+
+def _all_ones(value, opset) -> bool:
+    return all(int(v) == 1 for v in value)
+
+
+_WINDOW = {"auto_pad": _is("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"), "strides": _any, "pads": _any}
+# Per op: the attributes its handler reads (check: does the handler support this value?). Attributes
+# with no effect at inference are listed as such; anything else is refused by ``check_attrs``.
+ATTRS: dict[str, dict[str, Callable[[Any, int], bool]]] = {
+    "Relu": {}, "Sigmoid": {}, "Tanh": {}, "Identity": {}, "Neg": {}, "MatMul": {},
+    "Add": {}, "Sub": {}, "Mul": {}, "Div": {},  # opset < 7 broadcast/axis: refused
+    "LeakyRelu": {"alpha": _any},
+    "Dropout": {"ratio": _any,  # no effect at inference
+                "seed": _any,  # no effect at inference
+                "is_test": _is(1)},  # opset < 7: 0 (the default) is training mode
+    "Cast": {"to": _any,  # checked by the handler
+             "saturate": _any},  # only affects float8 targets, which are refused
+    "Flatten": {"axis": _any}, "Reshape": {"allowzero": _any},
+    "Squeeze": {"axes": _any}, "Unsqueeze": {"axes": _any},
+    "Gemm": {"alpha": _any, "beta": _any, "transB": _any, "transA": _is(0),
+             "broadcast": _any},  # opset < 7: the bias broadcast, which the handler does anyway
+    "Conv": {**_WINDOW, "dilations": _any, "group": _any, "kernel_shape": _any},
+    "MaxPool": {**_WINDOW, "dilations": _any, "kernel_shape": _any, "ceil_mode": _any, "storage_order": _is(0)},
+    "AveragePool": {**_WINDOW, "dilations": _all_ones, "kernel_shape": _any, "ceil_mode": _any,
+                    "count_include_pad": _any},
+    "GlobalAveragePool": {},
+    "BatchNormalization": {"epsilon": _any,
+                           "momentum": _any,  # updates running statistics in training only
+                           "training_mode": _is(0), "spatial": _is(1),
+                           "is_test": _is(1)},  # opset < 7: 0 (the default) is training mode
+    "Concat": {"axis": _any}, "Transpose": {"perm": _any},
+    "Shape": {"start": _any, "end": _any},
+}
 
 
 def onnx_to_graph(model: onnx.ModelProto, source: str = "model.onnx") -> Graph:

@@ -266,10 +266,10 @@ def node_box(node, boxes: Sequence[Box], rnd: Rounding) -> tuple[Box, Tensor | N
 
 
 def _merged() -> dict[str, OpRule]:
-    from .ops import activations, arith, linear, pool, shape
+    from .ops import activations, arith, cast, linear, pool, shape
 
     merged: dict[str, OpRule] = {}
-    for table in (linear.RULES, arith.RULES, activations.RULES, pool.RULES, shape.RULES):
+    for table in (linear.RULES, arith.RULES, activations.RULES, pool.RULES, shape.RULES, cast.RULES):
         for name, rule in table.items():
             if name in merged:
                 raise RuntimeError(f"op {name!r} has two rules")
