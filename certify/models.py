@@ -2,7 +2,9 @@
 
 * ONNX: imported with the ``onnx`` package; reference = onnxruntime.
 * PyTorch: TorchScript archives, ``torch.export`` archives (``.pt2``), and state dicts with an
-  architecture class (``arch="package.module:Class"``); reference = the eager module in float32.
+  architecture class (``arch="package.module:Class"``); reference = the eager module in its own
+  parameter precision (recorded as the graph's ``runtime_dtype``). A module whose trace depends on the
+  input's values (data-dependent control flow) is refused: the traced graph would keep one branch.
   PyTorch models are lowered to ONNX in memory (TorchScript exporter, no onnxscript needed) and then
   imported by the same importer, so there is one path into the engine.
 * A pickled ``nn.Module`` (``torch.save(model)``) can execute code when loaded; it is refused
@@ -12,6 +14,7 @@ The reference is used only to replay counterexamples, never by the engine.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -112,7 +115,8 @@ def onnx_reference(model_bytes: bytes, graph: Graph) -> Reference:
     opts.log_severity_level = 3
     session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
     meta = session.get_inputs()[0]
-    dtype = np.float64 if "double" in meta.type else np.float32
+    # the input's declared type: a float16 model is fed float16, a double one float64
+    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(meta.type, np.float32)
     dims = meta.shape
     batched = bool(dims) and not isinstance(dims[0], int)
     per_item = tuple(graph.meta.get("onnx_input_shape", (1, *graph.input_shape)))
@@ -130,13 +134,27 @@ def onnx_reference(model_bytes: bytes, graph: Graph) -> Reference:
     return run
 
 
-def module_reference(module: torch.nn.Module, input_shape: Sequence[int], batched: bool = True) -> Reference:
-    """The eager PyTorch module in float32, no gradients; one call per input when not ``batched``
-    (``torch.export`` programs are specialised to the batch size they were exported with)."""
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The precision the eager module computes in: its first floating parameter's (or buffer's) dtype,
+    float32 when it has none."""
+    try:
+        tensors = list(module.parameters()) + list(module.buffers())
+    except Exception:  # a module without the usual accessors
+        tensors = []
+    for t in tensors:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def module_reference(module: torch.nn.Module, input_shape: Sequence[int], batched: bool = True,
+                     dtype: torch.dtype = torch.float32) -> Reference:
+    """The eager PyTorch module fed ``dtype`` (its parameter precision), no gradients; one call per input
+    when not ``batched`` (``torch.export`` programs are specialised to the batch size they were exported with)."""
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            t = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(-1, *input_shape)
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype).reshape(-1, *input_shape)
             if batched:
                 return module(t).reshape(t.shape[0], -1).double().numpy()
             return torch.cat([module(t[i:i + 1]).reshape(1, -1) for i in range(t.shape[0])]).double().numpy()
@@ -168,20 +186,51 @@ def from_module(module: torch.nn.Module, input_shape: Sequence[int], *, path: st
         except NotImplementedError:
             pass
     buf = io.BytesIO()
-    dummy = torch.zeros(1, *input_shape)
+    dtype = module_dtype(module)
+    dummy = torch.zeros(1, *input_shape, dtype=dtype)
+    scripted = isinstance(module, torch.jit.ScriptModule)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scripted = isinstance(module, torch.jit.ScriptModule)
+            # the tracer warns when the trace depends on the values it saw (a Python bool or int taken
+            # from a tensor, e.g. ``if x.sum() > 0``): the exported graph would keep one branch only
+            warnings.simplefilter("error", torch.jit.TracerWarning)
+            if kind == "torch.export":  # its shape guards (torch._assert on sizes) are not branches: data-
+                # dependent control flow cannot pass torch.export (it would be an explicit torch.cond)
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch$")
             torch.onnx.export(module if scripted else _NoTrain(module), (dummy,), buf, dynamo=False, input_names=["input"],
                               output_names=["output"], opset_version=17)
     except Exception as exc:
+        tracer = _tracer_warning(exc)  # raised inside C code, it may arrive wrapped in a SystemError
+        if tracer is not None:
+            first = str(tracer).strip().splitlines()[0][:160] if str(tracer).strip() else "TracerWarning"
+            raise ModelError(f"{path}: data-dependent control flow in {_class_name(module)}.forward: the traced "
+                             f"graph would keep one branch ({first})") from None
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: could not lower the PyTorch model to a graph with input shape "
                          f"{input_shape}: {msg}") from None
     graph = onnx_to_graph(load_onnx_model(buf.getvalue()), path)
-    reference = module_reference(module, input_shape, batched=kind != "torch.export")
+    # the engine covers the eager module's precision (its parameters'), whatever the exporter declared
+    graph = dataclasses.replace(graph, meta={**graph.meta, "runtime_dtype": str(dtype).removeprefix("torch.")})
+    reference = module_reference(module, input_shape, batched=kind != "torch.export", dtype=dtype)
     return Model(graph, reference, "torch eager", path, kind, digest, module)
+
+
+def _tracer_warning(exc: BaseException | None) -> BaseException | None:
+    """The ``TracerWarning`` in ``exc``'s chain of causes, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, torch.jit.TracerWarning):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _class_name(module: torch.nn.Module) -> str:
+    inner = module.inner if isinstance(module, _NoTrain) else module
+    name = getattr(inner, "original_name", None) if isinstance(inner, torch.jit.ScriptModule) else None
+    return name or type(inner).__name__
 
 
 def _import_arch(arch: str, kwargs: dict | None) -> torch.nn.Module:
