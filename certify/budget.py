@@ -6,15 +6,20 @@ import time
 from dataclasses import dataclass, field
 
 
+def now() -> float:
+    """The clock every budget reads (a function of its own, so tests can substitute a virtual clock)."""
+    return time.perf_counter()
+
+
 @dataclass
 class Budget:
     """``seconds`` of wall-clock time from creation (``inf`` for none)."""
 
     seconds: float = math.inf
-    start: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=lambda: now())
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return now() - self.start
 
     def remaining(self) -> float:
         return self.seconds - self.elapsed()

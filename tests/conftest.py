@@ -10,6 +10,15 @@ import torch
 
 torch.set_num_threads(1)
 
+# hypothesis: derandomised everywhere (same examples on every run; CI never fails on a lucky draw)
+try:
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("certify", derandomize=True, deadline=None, print_blob=True)
+    _hyp_settings.load_profile("certify")
+except ImportError:  # hypothesis is a dev extra
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CERTIFY_SHARED_BENCHMARKS", REPO.parent / "shared" / "benchmarks"))
 EXAMPLES = REPO / "certify" / "examples"

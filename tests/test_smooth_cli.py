@@ -122,7 +122,8 @@ def test_train_cnn_with_an_input_shape_and_onnx_export(capsys, tmp_path):
     code, stdout, err = cli(capsys, "train", "--data", NPZ, "--arch", "certify.examples.digits:DigitsCNN",
                             "--arch-kwargs", '{"channels": 4, "hidden": 16}', "--input-shape", "1,8,8",
                             "--epochs", "2", "--out", out, "--onnx", onnx_path)
-    assert code == 0, err and "train_accuracy=" in stdout
+    assert code == 0, err
+    assert "train_accuracy=" in stdout
     a, b = load_model(out), load_model(onnx_path)
     x = np.load(NPZ)["x"][:5].reshape(5, 1, 8, 8)
     assert np.allclose(a.reference(x), b.reference(x), atol=1e-5)

@@ -1,0 +1,126 @@
+"""The sound passes against exact rational arithmetic, on layers built to cancel.
+
+Weights of magnitude ``1e8`` whose products cancel down to ``O(1)``, inputs in point boxes and in
+boxes of width ``1e-13`` where every ReLU is unstable: CROWN is then (nearly) exact, so the only thing
+between its float64 value and the exact minimum is rounding. The exact values come from a forward pass
+in ``fractions.Fraction`` over the stored floats (no engine code). Every sound bound (``real``
+semantics: exact network) must be at most the exact value at every sampled point of the box; the last
+test shows the same check *fails* for the fast (unrounded) passes, so this file catches a sound pass
+that lost its rounding terms.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from certify.engine.alpha import alpha_crown_lower
+from certify.engine.crown import crown_lower, sound_crown_lower
+from certify.engine.fp import FAST
+from certify.engine.ibp import interval_bounds, sound_interval_bounds
+from certify.graph import Graph, Node
+from certify.sets import Box
+
+
+def _cancelling_net(seed: int, n_in: int = 4, width: int = 6, depth: int = 3):
+    """Dense ReLU layers whose weights are ``1e8 * (+-1)`` pairs plus O(1) parts: every pre-activation
+    is a difference of huge terms. Biases are chosen so that at the centre each pre-activation is
+    O(1e-9), i.e. the ReLUs are unstable on any box wider than that."""
+    rng = np.random.default_rng(seed)
+    nodes, prev, shape = [], "x", n_in
+    x0 = rng.uniform(-1, 1, n_in)
+    h = x0.copy()
+    for i in range(depth):
+        big = 1e8 * rng.choice([-1.0, 1.0], size=(width, shape))
+        big[:, 1::2] = -big[:, ::2][:, : big[:, 1::2].shape[1]]  # columns cancel pairwise
+        W = big + rng.standard_normal((width, shape))
+        pre = W @ h
+        b = -pre + rng.uniform(-1e-9, 1e-9, width)  # pre-activations ~ 1e-9 at the centre
+        nodes.append(Node(f"fc{i}", "linear", (prev,), f"z{i}",
+                          {"weight": torch.tensor(W), "bias": torch.tensor(b)}, (width,)))
+        nodes.append(Node(f"relu{i}", "relu", (f"z{i}",), f"h{i}", {}, (width,)))
+        h = np.maximum(W @ h + b, 0)
+        prev, shape = f"h{i}", width
+    W = rng.standard_normal((3, shape)) * 1e8
+    nodes.append(Node("out", "linear", (prev,), "y", {"weight": torch.tensor(W), "bias": torch.tensor(-W @ h)}, (3,)))
+    graph = Graph("x", (n_in,), tuple(nodes), "y", (3,), meta={"semantics": "real"})
+    return graph, x0
+
+
+def _exact_forward(graph: Graph, x: np.ndarray) -> list[Fraction]:
+    """The network on the stored floats in exact rational arithmetic (independent of the engine)."""
+    env = {graph.input: [Fraction(float(v)) for v in x]}
+    for node in graph.nodes:
+        (src,) = node.inputs
+        v = env[src]
+        if node.op == "linear":
+            W = node.params["weight"].tolist()
+            b = node.params["bias"].tolist()
+            env[node.output] = [sum((Fraction(w) * xi for w, xi in zip(row, v)), Fraction(bi)) for row, bi in zip(W, b)]
+        elif node.op == "relu":
+            env[node.output] = [max(t, Fraction(0)) for t in v]
+        else:
+            raise AssertionError(node.op)
+    return env[graph.output]
+
+
+def _points(lo: np.ndarray, hi: np.ndarray, rng, n: int = 24) -> list[np.ndarray]:
+    pts = [lo, hi, (lo + hi) / 2]
+    pts += [np.where(rng.random(lo.shape) < 0.5, lo, hi) for _ in range(n // 2)]
+    pts += [rng.uniform(lo, hi) for _ in range(n // 2)]
+    return pts
+
+
+def _case(seed: int, width_of_box: float):
+    graph, x0 = _cancelling_net(seed)
+    rng = np.random.default_rng(1000 + seed)
+    lo, hi = x0 - width_of_box / 2, x0 + width_of_box / 2
+    box = Box(torch.tensor(lo)[None], torch.tensor(hi)[None])
+    C = torch.tensor(rng.standard_normal((1, 4, 3)))
+    d = torch.zeros(1, 4, dtype=torch.float64)
+    exact_min = None
+    for p in _points(lo, hi, rng):
+        y = _exact_forward(graph, p)
+        rows = [sum((Fraction(c) * yi for c, yi in zip(row, y)), Fraction(0)) for row in C[0].tolist()]
+        exact_min = rows if exact_min is None else [min(a, b) for a, b in zip(exact_min, rows)]
+    return graph, box, C, d, exact_min
+
+
+CASES = [(seed, w) for seed in range(10) for w in (0.0, 1e-13)]
+
+
+@pytest.mark.parametrize("seed,width", CASES)
+def test_sound_crown_never_exceeds_an_exact_value(seed, width):
+    graph, box, C, d, exact_min = _case(seed, width)
+    for name, bound in (("crown", sound_crown_lower(graph, box, C, d)[0]),
+                        ("alpha-crown", alpha_crown_lower(graph, box, C, d)[0])):
+        for r, (b, e) in enumerate(zip(bound.tolist(), exact_min)):
+            assert Fraction(b) <= e, f"{name} row {r}: {b!r} above the exact value {float(e)!r}"
+
+
+@pytest.mark.parametrize("seed,width", CASES)
+def test_sound_ibp_contains_exact_values(seed, width):
+    graph, x0 = _cancelling_net(seed)
+    rng = np.random.default_rng(2000 + seed)
+    lo, hi = x0 - width / 2, x0 + width / 2
+    out = sound_interval_bounds(graph, Box(torch.tensor(lo)[None], torch.tensor(hi)[None]))
+    for p in _points(lo, hi, rng, 8):
+        for k, v in enumerate(_exact_forward(graph, p)):
+            assert Fraction(out.lower[0, k].item()) <= v <= Fraction(out.upper[0, k].item())
+
+
+def test_fast_passes_fail_the_same_check():
+    """The check has teeth: without rounding terms, CROWN and IBP exceed exact values on these layers."""
+    crown_bad = ibp_bad = 0
+    for seed, width in CASES:
+        graph, box, C, d, exact_min = _case(seed, width)
+        with torch.no_grad():
+            fast = crown_lower(graph, box, C, d, FAST)[0]
+        crown_bad += sum(Fraction(b) > e for b, e in zip(fast.tolist(), exact_min))
+        ibp = interval_bounds(graph, box, FAST)
+        y = _exact_forward(graph, box.lower[0].numpy())
+        ibp_bad += sum(not (Fraction(ibp.lower[0, k].item()) <= v <= Fraction(ibp.upper[0, k].item()))
+                       for k, v in enumerate(y))
+    assert crown_bad > 0 and ibp_bad > 0
