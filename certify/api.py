@@ -16,6 +16,7 @@ from .engine.fp import SEMANTICS, OverflowRisk
 from .errors import CertifyError
 from .models import Model, check_spec_fits
 from .results import TIMEOUT, Result, Verdict
+from .selfcheck import check_import
 from .spec import Property
 
 AUTO_CHAIN = ("pgd", "ibp", "crown", "alpha-crown", "bab")
@@ -64,6 +65,8 @@ def verify(model: Model, prop: Property, method: str = "auto", *, timeout: float
     FMA or not, flush-to-zero or not). ``"real"``: the exact network only. The result records it."""
     if semantics not in SEMANTICS:
         raise CertifyError(f"semantics must be one of {', '.join(SEMANTICS)}, got {semantics!r}")
+    check_spec_fits(model, prop.n_inputs, prop.n_outputs, prop.source or prop.name)
+    check_import(model, prop)  # before any backend: the graph must reproduce the runtime (ModelError if not)
     result = _verify(dataclasses.replace(model, graph=model.graph.with_semantics(semantics)), prop, method,
                      timeout=timeout, device=device, attack=attack, memory_mb=memory_mb, options=options)
     return dataclasses.replace(result, semantics=semantics)
