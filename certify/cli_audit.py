@@ -17,13 +17,18 @@ AUDIT_EXAMPLES = """examples:
   certify audit audit_suite --verifier auto --json
   certify audit audit_suite --verifier external:/opt/tool/vnncomp/run_instance.sh --timeout 60
   certify audit ../shared/benchmarks/acasxu/expected_results.csv --verifier bab
+  certify audit audit_suite --verifier crown,milp,bab,auto         # several: disagreements are contradictions
+  certify audit-suite traps --family traps && certify audit traps --verifier crown,milp,auto
 
 statuses: unsound (proved on an instance with a known counterexample), bad_counterexample (a sat answer
 whose counterexample leaves the box or does not reach an unsafe clause when re-run in onnxruntime),
-contradiction (a replayed counterexample on an instance expected to hold), correct, unknown.
-Counterexamples are checked against the suite's manifest.json, independently of certify's own parser.
+contradiction (a replayed counterexample on an instance expected to hold, or with several verifiers one
+proving what another refutes with a replayed counterexample), correct, crash (an exception or a
+backend_error), unknown. Counterexamples are fed to the model in its declared input type and judged
+exactly (rationals, strict bounds strictly) against the suite's manifest.json, independently of
+certify's own parser, or against the VNN-LIB's exact statement for a plain instances file.
 
-exit codes: 0 no unsound claim and no bad counterexample, 1 at least one, 2 usage, 4 bad input
+exit codes: 0 no unsound claim, no bad counterexample and no contradiction, 1 at least one, 2 usage, 4 bad input
 """
 
 SUITE_EXAMPLES = """examples:
@@ -34,6 +39,11 @@ each sat instance hides a counterexample in a narrow ReLU pocket merged into the
 branch); it is kept only if onnxruntime confirms the planted point violates the property and the attack
 gauntlet (PGD at several step sizes with restarts, uniform and corner sampling) misses it. Unsat
 instances are proved by milp. The manifest records every planted point.
+
+--family traps writes tiny ONNX models whose truth onnxruntime decides: cancellation against 2^24,
+subnormal weights, 1e-10 next to 1e9, BatchNorm with a large mean, casts to float16, VNN-LIB constants
+that cancel, strict bounds; sat traps record the runtime's counterexample, unsat traps state the
+argument (e.g. every float32 input of a 1-D box enumerated) in the manifest.
 """
 
 
@@ -43,8 +53,9 @@ def add_parsers(sub) -> None:
                                    "against the known one, re-running counterexamples in onnxruntime.",
                        epilog=AUDIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("suite", help="a folder with instances.csv (and manifest.json), or an instances CSV")
-    a.add_argument("--verifier", required=True, metavar="NAME",
-                   help="a backend (see 'certify backends'), auto, or external:PATH/run_instance.sh")
+    a.add_argument("--verifier", required=True, metavar="NAME[,NAME...]",
+                   help="a backend (see 'certify backends'), auto, or external:PATH/run_instance.sh; several "
+                        "separated by commas run on the same suite and are checked against each other")
     a.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
     a.add_argument("--json", action="store_true", help="one JSON object per instance, then the totals")
     a.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -54,7 +65,10 @@ def add_parsers(sub) -> None:
                                    "counterexamples (and some proved ones), with instances.csv and manifest.json.",
                        epilog=SUITE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("out", help="output folder")
-    g.add_argument("--instances", type=int, default=50, metavar="N")
+    g.add_argument("--family", choices=("planted", "traps"), default="planted",
+                   help="planted: hidden counterexamples in trained networks (default); traps: tiny "
+                        "floating-point and import traps whose truth onnxruntime decides")
+    g.add_argument("--instances", type=int, default=50, metavar="N", help="(planted only)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--timeout", type=float, default=60.0, metavar="S", help="timeout written for each instance")
     g.add_argument("--unsat-fraction", type=float, default=0.2, metavar="F", help="share of unsat instances")
@@ -78,11 +92,12 @@ def add_parsers(sub) -> None:
 
 
 def cmd_audit(args) -> int:
-    from .audit.run import audit, totals
+    from .audit.run import FAILURES, _verifier_list, audit, totals
     from .cli import ExitCode, Progress, _table
 
     if args.timeout is not None and not args.timeout > 0:
         raise CertifyError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    names = _verifier_list(args.verifier)
     progress = Progress(None, "instance", enabled=not args.json)
 
     def on_row(row):
@@ -90,18 +105,27 @@ def cmd_audit(args) -> int:
             print(json.dumps(row.__dict__), flush=True)
         progress.step(row.status)
 
-    rows = audit(args.suite, args.verifier, args.timeout, on_row)
+    rows = audit(args.suite, names, args.timeout, on_row)
     progress.close()
     tot = totals(rows)
+    per = {v: totals(rows, v) for v in names}
     if args.json:
-        print(json.dumps({"summary": {"verifier": args.verifier, **tot}}))
+        summary = {"verifier": ",".join(names), **(per[names[0]] if len(names) == 1 else tot)}
+        if len(names) > 1:
+            summary["per_verifier"] = per
+        print(json.dumps({"summary": summary}))
     else:
-        print(_table([[r.instance, r.expected or "-", r.answer, r.status, f"{r.time_s:.2f}", r.note[:80]] for r in rows],
-                     ["instance", "expected", "answer", "status", "time_s", "note"]))
-        print(f"\n{args.verifier}: {tot['unsound']} unsound, {tot['bad_counterexample']} bad counterexamples, "
-              f"{tot['contradiction']} contradictions, {tot['correct']} correct, {tot['unknown']} unknown "
-              f"of {tot['instances']} in {tot['time_s']:.1f}s")
-    return ExitCode.FALSIFIED if tot["unsound"] or tot["bad_counterexample"] else ExitCode.PROVED
+        table = [([r.verifier] if len(names) > 1 else []) + [r.instance, r.expected or "-", r.answer, r.status,
+                                                              f"{r.time_s:.2f}", r.note[:80]] for r in rows]
+        print(_table(table, (["verifier"] if len(names) > 1 else []) + ["instance", "expected", "answer", "status",
+                                                                         "time_s", "note"]))
+        print()
+        for v in names:
+            t = per[v]
+            print(f"{v}: {t['unsound']} unsound, {t['bad_counterexample']} bad counterexamples, "
+                  f"{t['contradiction']} contradictions, {t['crash']} crashes, {t['correct']} correct, "
+                  f"{t['unknown']} unknown of {t['instances']} in {t['time_s']:.1f}s")
+    return ExitCode.FALSIFIED if any(tot[s] for s in FAILURES) else ExitCode.PROVED
 
 
 def cmd_audit_mutations(args) -> int:
@@ -136,6 +160,15 @@ def cmd_audit_suite(args) -> int:
     from .audit.generate import GauntletOptions, generate_suite
     from .cli import ExitCode
 
+    if args.family == "traps":
+        from .audit.traps import generate_traps
+
+        t0 = time.perf_counter()
+        records = generate_traps(args.out, timeout=args.timeout, log=lambda s: print(s, file=sys.stderr))
+        sat = sum(r["expected"] == "sat" for r in records)
+        print(f"wrote {len(records)} traps ({sat} sat with recorded counterexamples, {len(records) - sat} unsat) "
+              f"to {Path(args.out) / 'instances.csv'} in {time.perf_counter() - t0:.1f}s")
+        return ExitCode.PROVED
     if args.instances < 1:
         raise CertifyError(f"--instances: expected a positive number, got {args.instances}")
     if not 0 <= args.unsat_fraction < 1:

@@ -1,23 +1,31 @@
-"""The audit runner: one verifier on a suite, judged against known answers.
+"""The audit runner: verifiers on a suite, judged against known answers and against each other.
 
 A verifier is one of our backends (by registry name, or ``auto``) or an external tool behind the
 VNN-COMP interface (``external:PATH/run_instance.sh``, called as ``run_instance.sh v1 audit ONNX
-VNNLIB RESULT TIMEOUT``, after ``prepare_instance.sh`` when one sits beside it).
+VNNLIB RESULT TIMEOUT``, after ``prepare_instance.sh`` when one sits beside it). Several verifiers
+(``crown,milp,bab,auto``) run over the same suite, instance by instance.
 
 Judgement per instance, *independently of certify's own checks*: a ``sat`` answer's counterexample
-(ours: the replayed one; external: the result file's) is re-run in a fresh onnxruntime session and
-checked against the input box and unsafe clauses stored in the suite's ``manifest.json`` (or, for a
-plain instances file, the VNN-LIB as parsed). Statuses:
+(ours: the replayed one; external: the result file's) is converted to the model's declared input type
+(float64 for ``TensorProto.DOUBLE`` inputs, else float32/float16), re-run in a fresh onnxruntime session
+and judged *exactly* (rational arithmetic, strict bounds and rows strictly; ``Spec.exact_contains`` and
+``Spec.exact_reached``) against the input set and unsafe clauses stored in the suite's ``manifest.json``
+(its rational ``exact`` statement when present, else its floats taken exactly) or, for a plain instances
+file, the exact rational statement of the VNN-LIB as read. Statuses:
 
 * ``unsound``: ``unsat`` (proved) on an instance with a known counterexample -- the worst bug;
-* ``bad_counterexample``: ``sat`` whose counterexample is outside the box or does not reach an unsafe
-  clause on replay;
-* ``contradiction``: a replayed counterexample on an instance expected ``unsat`` (the expectation is wrong);
+* ``bad_counterexample``: ``sat`` whose counterexample is outside the input set or does not reach an
+  unsafe clause on replay;
+* ``contradiction``: a replayed counterexample on an instance expected ``unsat`` (the expectation is
+  wrong), or, with several verifiers, one proving an instance on which another has a replayed
+  counterexample (both rows);
 * ``correct``: the expected answer (with a replaying counterexample for ``sat``);
-* ``unknown``: timeout, unknown, error, or no expectation to judge against.
+* ``crash``: the verifier raised (other than certify's input errors) or reported ``backend_error``;
+* ``unknown``: timeout, unknown, a refused model, or no expectation to judge against.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -25,14 +33,21 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from fractions import Fraction
 from typing import Callable
 
 import numpy as np
+import torch
 
 from ..errors import CertifyError
+from ..sets import Box
+from ..spec import Clause, ExactBox, Spec
 
-UNSOUND, BAD_CEX, CONTRADICTION, CORRECT, UNKNOWN = "unsound", "bad_counterexample", "contradiction", "correct", "unknown"
-STATUSES = (UNSOUND, BAD_CEX, CONTRADICTION, CORRECT, UNKNOWN)
+UNSOUND, BAD_CEX, CONTRADICTION, CORRECT, UNKNOWN, CRASH = (
+    "unsound", "bad_counterexample", "contradiction", "correct", "unknown", "crash")
+STATUSES = (UNSOUND, BAD_CEX, CONTRADICTION, CORRECT, UNKNOWN, CRASH)
+#: Statuses that make ``certify audit`` exit 1.
+FAILURES = (UNSOUND, BAD_CEX, CONTRADICTION)
 
 
 @dataclass(frozen=True)
@@ -43,63 +58,134 @@ class AuditRow:
     status: str
     time_s: float
     note: str = ""
+    verifier: str = ""
 
 
 @dataclass(frozen=True)
 class Truth:
-    """What the auditor checks a counterexample against: the input box and the unsafe clauses."""
+    """What the auditor checks a counterexample against: the *exact* input set and unsafe clauses, as a
+    ``Spec`` whose ``exact_input`` / ``Clause.exact`` hold the rational statement (strict bounds and rows
+    kept strict). Membership and the unsafe region are decided in rational arithmetic on the float
+    values actually fed to and returned by onnxruntime (``Spec.exact_contains`` / ``exact_reached``)."""
 
-    lower: np.ndarray
-    upper: np.ndarray
-    clauses: list[tuple[np.ndarray, np.ndarray]]
+    spec: Spec
+
+    @property
+    def lower(self) -> np.ndarray:
+        return self.spec.input.bounds().lower.reshape(-1).numpy()
+
+    @property
+    def upper(self) -> np.ndarray:
+        return self.spec.input.bounds().upper.reshape(-1).numpy()
 
     def check(self, onnx_path: Path, x: np.ndarray, input_shape: tuple[int, ...] | None = None) -> str:
-        """"" when ``x`` is a genuine counterexample, else why not."""
+        """"" when ``x`` is a genuine counterexample, else why not.
+
+        ``x`` is first converted to the model's declared input type (float64 for a ``TensorProto.DOUBLE``
+        input, float16 for FLOAT16, else float32): the point judged is the one the runtime is fed."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
-        if x.size != self.lower.size:
-            return f"counterexample has {x.size} inputs, the property {self.lower.size}"
-        if not (np.all(x >= self.lower) and np.all(x <= self.upper)):
-            worst = float(np.max(np.maximum(self.lower - x, x - self.upper)))
-            return f"counterexample lies outside the input box (by {worst:.3g})"
-        y = onnx_output(onnx_path, x.astype(np.float32), input_shape)
-        margins = [float((C @ y - d).max()) for C, d in self.clauses]
-        if min(margins) > 0:
-            return f"replayed output reaches no unsafe clause (smallest clause margin {min(margins):.3g})"
+        n = self.spec.n_inputs
+        if x.size != n:
+            return f"counterexample has {x.size} inputs, the property {n}"
+        if not np.all(np.isfinite(x)):
+            return "counterexample has a non-finite input"
+        sess, dtype = _session(onnx_path)
+        with np.errstate(over="ignore"):
+            fed = x.astype(dtype)
+        rounded = "" if np.array_equal(fed.astype(np.float64), x) else f" (as the {np.dtype(dtype).name} input fed to the model)"
+        if not np.all(np.isfinite(fed)) or not self.spec.exact_contains(fed.astype(np.float64)):
+            lo, hi = self.lower, self.upper
+            worst = float(np.max(np.maximum(lo - fed, fed - hi))) if np.all(np.isfinite(fed)) else math.inf
+            return (f"counterexample lies outside the input box{rounded} (by {worst:.3g}; "
+                    "judged exactly, strict bounds strictly)")
+        y = _run(sess, fed, input_shape)
+        if self.spec.exact_reached(y) is None:
+            with np.errstate(all="ignore"):
+                margins = [float(m) for m in self.spec.clause_margins(
+                    torch.as_tensor(y, dtype=torch.float64).reshape(1, -1))[0]]
+            return (f"replayed output reaches no unsafe clause (exactly, strict rows strictly; smallest clause "
+                    f"margin in floats {min(margins):.3g}){rounded}")
         return ""
 
 
-def onnx_output(path: Path, x: np.ndarray, input_shape: tuple[int, ...] | None = None) -> np.ndarray:
+_DTYPES = {"tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(float)": np.float32}
+
+
+def _session(path: Path):
+    """A fresh onnxruntime session and the numpy type of the model's declared input."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
+    if inp.type not in _DTYPES:
+        raise CertifyError(f"{path}: the auditor feeds float inputs only, the model declares {inp.type}")
+    return sess, _DTYPES[inp.type]
+
+
+def _run(sess, x: np.ndarray, input_shape: tuple[int, ...] | None) -> np.ndarray:
+    inp = sess.get_inputs()[0]
     shape = input_shape or tuple(int(s) if isinstance(s, int) else 1 for s in inp.shape[1:])
-    out = sess.run(None, {inp.name: x.astype(np.float32).reshape(1, *shape)})[0]
+    out = sess.run(None, {inp.name: x.reshape(1, *shape)})[0]
     return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
-def _truths(suite_csv: Path) -> dict[str, tuple[Truth, tuple[int, ...]]]:
+def onnx_input_dtype(path: Path) -> type:
+    """The numpy type of the model's declared input (float64 / float16 / float32)."""
+    return _session(path)[1]
+
+
+def onnx_output(path: Path, x: np.ndarray, input_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The model's output at ``x`` in a fresh onnxruntime session, ``x`` converted to the model's declared
+    input type (float64 models are run in float64, not float32)."""
+    sess, dtype = _session(path)
+    return _run(sess, np.asarray(x, dtype=np.float64).astype(dtype), input_shape)
+
+
+def _fractions(values: list) -> tuple:
+    return tuple(Fraction(v) if isinstance(v, str) else (v if math.isinf(v) else Fraction(v)) for v in values)
+
+
+def truth_of_record(r: dict) -> Truth:
+    """The exact truth of one manifest entry, independently of the VNN-LIB parser: ``r["exact"]`` (rational
+    strings with strictness, written by the trap generator) when present, else the manifest's float
+    ``lower``, ``upper``, ``C``, ``d`` taken as exact, closed bounds and rows."""
+    lower = np.array(r["lower"], dtype=np.float64).reshape(1, -1)
+    upper = np.array(r["upper"], dtype=np.float64).reshape(1, -1)
+    box = Box(torch.as_tensor(lower), torch.as_tensor(upper))
+    ex = r.get("exact")
+    exact_box = None
+    exact_clauses = [None] * len(r["clauses"])
+    if ex is not None:
+        exact_box = ExactBox((_fractions(ex["lower"]),), (_fractions(ex["upper"]),),
+                             (tuple(bool(v) for v in ex["lower_strict"]),), (tuple(bool(v) for v in ex["upper_strict"]),))
+        exact_clauses = [((tuple((_fractions(row["coefs"]), Fraction(row["bound"]), bool(row["strict"])) for row in rows)),)
+                         for rows in ex["clauses"]]
+    clauses = tuple(Clause(torch.tensor(c["C"], dtype=torch.float64).reshape(1, len(c["d"]), -1),
+                           torch.tensor(c["d"], dtype=torch.float64).reshape(1, -1), e)
+                    for c, e in zip(r["clauses"], exact_clauses))
+    return Truth(Spec(box, clauses, r.get("name", ""), exact_box))
+
+
+def _truths(suite_csv: Path) -> dict[str, tuple[Truth, tuple[int, ...], list[str] | None]]:
     manifest = suite_csv.parent / "manifest.json"
     if not manifest.exists():
         return {}
     out = {}
     for r in json.loads(manifest.read_text())["instances"]:
-        clauses = [(np.array(c["C"], dtype=np.float64), np.array(c["d"], dtype=np.float64)) for c in r["clauses"]]
-        truth = Truth(np.array(r["lower"]), np.array(r["upper"]), clauses)
-        out[str((suite_csv.parent / r["vnnlib"]).resolve())] = (truth, tuple(r["input_shape"]))
+        out[str((suite_csv.parent / r["vnnlib"]).resolve())] = (truth_of_record(r), tuple(r["input_shape"]),
+                                                               r.get("acceptable"))
     return out
 
 
 def _truth_from_vnnlib(path: Path) -> Truth:
+    """The property as the VNN-LIB states it: the reader's exact rational box (strict bounds kept) and
+    exact clause rows (not the float boxes and rows rounded from them)."""
     from ..vnnlib import read_vnnlib
 
     prop = read_vnnlib(path)
     if len(prop.specs) != 1 or prop.specs[0].batch_size != 1:
         raise CertifyError(f"{path}: the auditor checks single-box properties only")
-    spec = prop.specs[0]
-    box = spec.input.bounds()
-    return Truth(box.lower.reshape(-1).numpy(), box.upper.reshape(-1).numpy(),
-                 [(c.C[0].numpy(), c.d[0].numpy()) for c in spec.unsafe])
+    return Truth(prop.specs[0])
 
 
 def _ours(verifier: str, onnx: Path, vnnlib: Path, timeout: float, cache: dict) -> tuple[str, np.ndarray | None, str]:
@@ -167,48 +253,106 @@ def judge(expected: str | None, word: str, cex: np.ndarray | None, truth: Truth 
     return UNKNOWN, ""  # the row keeps the verifier's own reason
 
 
-def audit(suite: str | Path, verifier: str, timeout: float | None = None,
+def _verifier_list(verifier: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"crown,milp"`` -> ``["crown", "milp"]`` (an ``external:`` path may itself hold no comma)."""
+    names = [v.strip() for v in verifier.split(",")] if isinstance(verifier, str) else [str(v).strip() for v in verifier]
+    names = [v for v in names if v]
+    if not names:
+        raise CertifyError("--verifier: no verifier named")
+    if len(set(names)) != len(names):
+        raise CertifyError(f"--verifier: a verifier is named twice in {','.join(names)}")
+    return names
+
+
+def _check_verifier(verifier: str) -> Path | None:
+    external = Path(verifier.split(":", 1)[1]) if verifier.startswith("external:") else None
+    if external is not None and not external.exists():
+        raise CertifyError(f"--verifier {verifier}: no such script {external}")
+    if external is None and verifier != "auto":
+        from .. import registry
+
+        registry.get(verifier)
+    return external
+
+
+def cross_check(rows: list[AuditRow]) -> list[AuditRow]:
+    """The rows of one instance (one per verifier), with disagreements marked ``contradiction``: one
+    verifier proves (``unsat``) while another gave a counterexample that replays in onnxruntime. Every row
+    involved is marked (an ``unsound`` row stays ``unsound``, the worse finding), the note naming the other
+    side. A ``sat`` whose counterexample does not replay is a ``bad_counterexample`` of its own and
+    contradicts nothing."""
+    proved = [r for r in rows if r.answer == "unsat"]
+    refuted = [r for r in rows if r.answer == "sat" and r.status != BAD_CEX]
+    if not proved or not refuted:
+        return rows
+    out = []
+    for r in rows:
+        if r in proved and r.status != UNSOUND:
+            others = ",".join(o.verifier for o in refuted)
+            out.append(dataclasses.replace(r, status=CONTRADICTION,
+                                           note=f"proved, but {others} gave a counterexample that replays in onnxruntime"))
+        elif r in refuted and r.status != UNSOUND:
+            others = ",".join(o.verifier for o in proved)
+            out.append(dataclasses.replace(r, status=CONTRADICTION,
+                                           note=f"a replayed counterexample, but {others} proved the instance"))
+        else:
+            out.append(r)
+    return out
+
+
+def audit(suite: str | Path, verifier: str | list[str], timeout: float | None = None,
           on_row: Callable[[AuditRow], None] | None = None) -> list[AuditRow]:
-    """Run ``verifier`` on every instance of ``suite`` (an instances CSV, or a folder holding one)."""
+    """Run every verifier of ``verifier`` (a name, a comma-separated list or a list) on every instance of
+    ``suite`` (an instances CSV, or a folder holding one), instance by instance, and judge each answer;
+    with several verifiers, disagreements between them are ``contradiction`` rows (:func:`cross_check`).
+
+    A verifier that crashes (an exception other than certify's own input errors, or a result whose reason
+    is ``backend_error: ...``) gets status ``crash``; a model certify refuses to import
+    (``ModelError``/``UnsupportedOpError``) is an ``error`` answer, judged ``unknown``."""
     from ..bench import read_instances
 
     path = Path(suite)
     csv_path = path / "instances.csv" if path.is_dir() else path
     instances = read_instances(csv_path)
     truths = _truths(csv_path)
-    external = Path(verifier.split(":", 1)[1]) if verifier.startswith("external:") else None
-    if external is not None and not external.exists():
-        raise CertifyError(f"--verifier {verifier}: no such script {external}")
-    if external is None:
-        from .. import registry
-
-        if verifier != "auto":
-            registry.get(verifier)
+    names = _verifier_list(verifier)
+    externals = {v: _check_verifier(v) for v in names}
     rows, cache = [], {}
     for inst in instances:
         limit = inst.timeout if timeout is None else timeout
         key = str(Path(inst.vnnlib).resolve())
-        truth, shape = truths.get(key, (None, None))
+        truth, shape, _acceptable = truths.get(key, (None, None, None))
         if truth is None:
             truth = _truth_from_vnnlib(inst.vnnlib)
-        t0 = time.perf_counter()
-        try:
-            if external is not None:
-                word, cex, note = _external(external, inst.onnx, inst.vnnlib, limit)
-            else:
-                word, cex, note = _ours(verifier, inst.onnx, inst.vnnlib, limit, cache)
-        except CertifyError as exc:
-            word, cex, note = "error", None, str(exc)
-        dt = time.perf_counter() - t0
-        status, why = judge(inst.expected, word, cex, truth, inst.onnx, shape)
-        row = AuditRow(Path(inst.vnnlib).stem, inst.expected, word, status, dt, why or note)
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
+        group = []
+        for v in names:
+            t0 = time.perf_counter()
+            crashed = False
+            try:
+                if externals[v] is not None:
+                    word, cex, note = _external(externals[v], inst.onnx, inst.vnnlib, limit)
+                else:
+                    word, cex, note = _ours(v, inst.onnx, inst.vnnlib, limit, cache)
+            except CertifyError as exc:
+                word, cex, note = "error", None, str(exc)
+            except Exception as exc:  # noqa: BLE001 - a crash is a finding, not the end of the audit
+                word, cex, note, crashed = "error", None, f"{type(exc).__name__}: {exc}", True
+            dt = time.perf_counter() - t0
+            status, why = judge(inst.expected, word, cex, truth, inst.onnx, shape)
+            if status == UNKNOWN and (crashed or str(note).startswith("backend_error")):
+                status = CRASH
+            group.append(AuditRow(Path(inst.vnnlib).stem, inst.expected, word, status, dt, why or note, v))
+        for row in cross_check(group) if len(group) > 1 else group:
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
-def totals(rows: list[AuditRow]) -> dict:
+def totals(rows: list[AuditRow], verifier: str | None = None) -> dict:
+    """Counts per status (of ``verifier``'s rows only, when given), instances and times."""
+    if verifier is not None:
+        rows = [r for r in rows if r.verifier == verifier]
     out = {s: sum(r.status == s for r in rows) for s in STATUSES}
     out.update(instances=len(rows), time_s=round(sum(r.time_s for r in rows), 3),
                median_s=round(float(np.median([r.time_s for r in rows])), 3) if rows else math.nan)
