@@ -6,18 +6,23 @@ unit roundoff, ``finfo.eps / 2``), ``abs_err = t_t`` (the target's smallest norm
 
 The math. Round-to-nearest ``rd`` (ties to even) is non-decreasing, and so is any composition of such
 roundings, so over an input interval ``[l, u]`` every cast value lies in ``[rd(l), rd(u)]``. A runtime
-that flushes subnormal results to zero moves a result by less than ``t_t``: the box is widened outward
-by ``t_t`` (``down``/``up`` take one more float64 step, so the end points are never rounded inward).
-As a linear relaxation (CROWN), ``rd(x) = x + e`` with ``|e| <= u_t |x| + t_t`` wherever ``|x|`` is
-below the target's largest finite value (relative error ``u_t`` in the normal range, at most half the
-subnormal spacing ``u_t t_t`` below it, at most ``t_t`` when flushed); twice rounded (``via``), the
-importer records ``rel_err = u_t + u_v + u_t u_v`` and ``abs_err = t_t + t_v``. The rule is therefore
-declared linear (identity transpose, ``|L| = I``) and not exact: the engine adds
-``(gamma + rel_err) |A| |x| + |A| abs_err`` to the bound. A value that may round to infinity
-(``|x| >= finfo(target).max``) cannot be bounded: ``OverflowRisk``.
+may also *not* round: onnxruntime on CPU has no float16 kernels for most ops, computes them in float32
+and removes the resulting ``Cast(float16) -> Cast(float32)`` pair, so the value passes unrounded (the
+ops after it then err at most as in float16, which their own runtime error, in float16, covers). The
+box is therefore the hull of both, ``[min(l, rd(l)), max(u, rd(u))]``, widened outward by ``t_t`` for a
+runtime that flushes subnormal results to zero (``down``/``up`` take one more float64 step, so the end
+points are never rounded inward). As a linear relaxation (CROWN), ``rd(x) = x + e`` with
+``|e| <= u_t |x| + t_t`` wherever ``|x|`` is below the target's largest finite value (relative error
+``u_t`` in the normal range, at most half the subnormal spacing ``u_t t_t`` below it, at most ``t_t``
+when flushed; ``e = 0`` is the unrounded value); twice rounded (``via``), the importer records
+``rel_err = u_t + u_v + u_t u_v`` and ``abs_err = t_t + t_v``. The rule is therefore declared linear
+(identity transpose, ``|L| = I``) and not exact: the engine adds ``(gamma + rel_err) |A| |x| + |A| abs_err``
+to the bound. A value that may round to infinity (``|x| >= finfo(target).max``) cannot be bounded:
+``OverflowRisk``.
 
-``forward`` rounds for real (``x.to(target).to(x.dtype)``), so attacks and ``graph.forward`` evaluate
-the cast as the runtime does; the gradient passes through unchanged (straight-through).
+``forward`` rounds for real (``x.to(target).to(x.dtype)``, the ONNX semantics and PyTorch's ``.half()``),
+so attacks and ``graph.forward`` evaluate the cast as a rounding runtime does; the gradient passes
+through unchanged (straight-through).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ def _ibp(p: Params, boxes, rnd) -> Box:
     lo, hi = _round(p, box.lower), _round(p, box.upper)
     if p.get("via"):  # either order of roundings: the union of both monotone images
         lo, hi = torch.minimum(lo, _round_via(p, box.lower)), torch.maximum(hi, _round_via(p, box.upper))
+    lo, hi = torch.minimum(lo, box.lower), torch.maximum(hi, box.upper)  # or no rounding at all
     if not rnd.sound:
         return Box(lo, hi)
     tiny = float(p.get("abs_err", torch.finfo(fmt).tiny))
