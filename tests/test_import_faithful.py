@@ -96,6 +96,12 @@ def test_dropout_in_training_mode_is_refused(tmp_path):
     _refused(path, "training-mode Dropout is random", "cdrop")
 
 
+def test_dropout_with_a_data_dependent_training_mode_is_refused(tmp_path):
+    # ill-typed on purpose (the importer does not type-check): training_mode is the data itself
+    path = _save(tmp_path, [N("Dropout", ["x", "ratio", "x"], ["y"], name="drop")], [_init("ratio", 0.5)], [1, 4])
+    _refused(path, "drop", "not a constant", "training-mode Dropout is random")
+
+
 def test_dropout_inference_is_identity_and_a_consumed_mask_is_refused(tmp_path):
     for i, extra in enumerate(([], ["ratio"], ["ratio", "train"])):
         path = _save(tmp_path, [N("Dropout", ["x", *extra], ["y"], seed=3)], [_init("ratio", 0.3), _bool("train", False)],
