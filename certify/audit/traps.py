@@ -253,16 +253,17 @@ def traps() -> list[Trap]:
     # -- VNN-LIB constants that cancel -----------------------------------------------------------------
     relu = [_n("Relu", ["X"], "Y")]
     out.append(Trap("vnnlib_cancel_sat", "vnnlib_constants", "sat",
-                    "y = relu(x) on [0.5, 3]; unsafe (<= (+ Y_0 1e16) (+ 1e16 1)), i.e. y <= 1",
+                    "y = relu(x) on [0.5, 3]; unsafe (<= (+ Y_0 1e16) (+ 1e16 1)), i.e. y <= 1 (read in float64, "
+                    "1e16 + 1 rounds to 1e16 and the row becomes y <= 0, which no input reaches)",
                     "onnxruntime returns y = 0.5 at x = 0.5: 0.5 + 1e16 <= 1e16 + 1 exactly.",
                     relu, [], ("0.5", False, "3.0", False), ("1", "1", False), "(<= (+ Y_0 1e16) (+ 1e16 1))",
                     candidates=[0.5, 1.0], exact_network="violated"))
     out.append(Trap("vnnlib_cancel_unsat", "vnnlib_constants", "unsat",
-                    "y = relu(x) on [1.0000002, 3]; unsafe (<= (+ Y_0 1e16) (+ 1e16 1)), i.e. y <= 1 -- in float64 "
-                    "1e16 + y rounds to 1e16 <= float64(1e16 + 1) for y near 1",
-                    "exact network and runtime: relu is exact in IEEE arithmetic, so y = x >= 1.0000002 > 1 for "
-                    "every input (fed float32 inputs are >= 1.00000024); all float32 inputs enumerated.",
-                    relu, [], ("1.0000002", False, "3.0", False), ("1", "1", False), "(<= (+ Y_0 1e16) (+ 1e16 1))",
+                    "y = relu(x) on [3.0000002, 3.9]; unsafe (<= (+ Y_0 1e16) (+ 1e16 3)), i.e. y <= 3 (read in "
+                    "float64, 1e16 + 3 rounds to 1e16 + 4 and every input seems to reach y <= 4)",
+                    "exact network and runtime: relu is exact in IEEE arithmetic, so y = x >= 3.0000002 > 3 for "
+                    "every input (fed float32 inputs are >= 3.00000024); all float32 inputs of the box enumerated.",
+                    relu, [], ("3.0000002", False, "3.9", False), ("1", "3", False), "(<= (+ Y_0 1e16) (+ 1e16 3))",
                     enumerate=True))
 
     # -- strict inequalities ---------------------------------------------------------------------------
