@@ -135,8 +135,12 @@ def check_import(model: Model, spec) -> int:
     rng = np.random.default_rng(SEED)
     x, labels = _points(specs, dtype, graph.n_inputs, rng)
     if x.shape[0]:
-        y = np.asarray(model.reference(x.reshape(x.shape[0], *graph.input_shape)), dtype=np.float64)
-        y = y.reshape(x.shape[0], -1)
+        try:  # one call: the reference batches when the runtime takes a batch, else loops itself
+            y = np.asarray(model.reference(x.reshape(x.shape[0], *graph.input_shape)), dtype=np.float64)
+            y = y.reshape(x.shape[0], -1)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{model.path}: {model.reference_name} failed on the import check points: {first}") from None
         boxes = _sound_boxes(graph, x)
         for i, box in enumerate(boxes):
             if box is None:
