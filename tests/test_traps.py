@@ -153,3 +153,9 @@ def test_audit_suite_cli_writes_the_trap_family(capsys, tmp_path):
     lines = (tmp_path / "t" / "instances.csv").read_text().splitlines()
     assert lines[0] == "onnx,vnnlib,timeout_s,expected" and len(lines) == len(traps()) + 1
     assert all(",3," in ln for ln in lines[1:])
+
+
+def test_the_trap_vnnlib_states_the_manifest_exactly(suite):
+    from certify.audit.differential import vnnlib_against_manifest
+
+    assert vnnlib_against_manifest(suite) == []
