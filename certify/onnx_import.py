@@ -342,7 +342,8 @@ class _Importer:
         if alpha != 1.0:
             rel += U64  # the product alpha * W is rounded once
         if len(ins) > 2:
-            bias = np.broadcast_to(self.const[ins[2]].astype(np.float64), (W.shape[0],)) if self.const[ins[2]].size in (1, W.shape[0]) else None
+            c = self.const[ins[2]].astype(np.float64)
+            bias = np.broadcast_to(c.reshape(-1), (W.shape[0],)) if c.size in (1, W.shape[0]) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1) else None
             if bias is None:
                 raise _Unsupported(f"bias of shape {self.const[ins[2]].shape}")
             params["bias"] = _t(bias) * beta
@@ -412,7 +413,8 @@ class _Importer:
         else:
             kernel = tuple(attrs["kernel_shape"])
         params = self._window(attrs, full, kernel)
-        params["ceil_mode"] = bool(attrs.get("ceil_mode", 0))
+        _check_pool_windows(params, full, kernel, bool(attrs.get("ceil_mode", 0)))
+        params["ceil_mode"] = False  # only accepted where it changes nothing (see _check_pool_windows)
         if node.op_type in ("MaxPool",):
             if attrs.get("storage_order", 0):
                 raise _Unsupported("storage_order=1")
@@ -635,6 +637,30 @@ ATTRS: dict[str, dict[str, Callable[[Any, int], bool]]] = {
     "Concat": {"axis": _any}, "Transpose": {"perm": _any},
     "Shape": {"start": _any, "end": _any},
 }
+
+
+def _check_pool_windows(params: dict, full_shape, kernel, ceil_mode: bool) -> None:
+    """Refuse pooling whose windows the runtimes place differently: ``ceil_mode=1`` where it adds windows
+    (onnxruntime and PyTorch disagree on windows that overhang the padding, and on their count with
+    asymmetric pads), and any window whose taps all land in padding (possible with dilation: onnxruntime
+    then returns -FLT_MAX or skips the window, PyTorch -inf)."""
+    pre = params.get("pre_pad")
+    for i in range(2):
+        size, k, s, d = full_shape[2 + i], kernel[i], params["stride"][i], params["dilation"][i]
+        if pre is not None:
+            before, after = (pre[2], pre[3]) if i == 0 else (pre[0], pre[1])
+        else:
+            before = after = params["padding"][i]
+        span = size + before + after - ((k - 1) * d + 1)
+        if span < 0:
+            raise _Unsupported("the pooling window is larger than the padded input")
+        n_floor, n_ceil = span // s + 1, -(-span // s) + 1
+        if ceil_mode and n_ceil != n_floor:
+            raise _Unsupported("ceil_mode=1 where it adds a window that overhangs the input (runtimes differ there)")
+        for o in range(n_floor):
+            taps = [o * s - before + j * d for j in range(k)]
+            if not any(0 <= t < size for t in taps):
+                raise _Unsupported(f"a pooling window (output {o} along axis {i + 2}) covers only padding")
 
 
 def onnx_to_graph(model: onnx.ModelProto, source: str = "model.onnx") -> Graph:
