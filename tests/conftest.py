@@ -57,6 +57,21 @@ def exact_margin():
     return margin
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _injected_mutation():
+    """``CERTIFY_MUTATION=name``: run the session with one bug of ``certify.audit.mutations.CATALOGUE``
+    injected (``tests/test_mutants.py`` uses it to show that the normal tests catch each one)."""
+    name = os.environ.get("CERTIFY_MUTATION")
+    if not name:
+        yield
+        return
+    from certify.audit.mutations import CATALOGUE
+
+    (mutation,) = [m for m in CATALOGUE if m.name == name]
+    with mutation.inject():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

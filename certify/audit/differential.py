@@ -260,10 +260,50 @@ def suite_audit(suite: Path, verifiers: tuple[str, ...] = ("pgd", "ibp", "crown"
     return fails
 
 
+class TrapBounds:
+    """The floating-point trap suite (``traps.py``, generated once into a temporary folder): its VNN-LIB files
+    read as the manifest's rational statement, and no sound backend's *bound* (no attack first) proves a trap
+    that onnxruntime violates. Catches what containment against a float64 module cannot: a lost runtime
+    perturbation, flushed subnormals, solver-dropped coefficients, VNN-LIB constants combined in floats."""
+
+    METHODS = ("ibp", "crown", "milp")
+
+    def __init__(self):
+        self.dir: Path | None = None
+
+    def __call__(self) -> list[str]:
+        import tempfile
+
+        from .. import api
+        from ..models import load_model
+        from ..results import Verdict
+        from ..vnnlib import read_vnnlib
+        from .traps import generate_traps
+
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="certify-traps-"))
+            generate_traps(self.dir, log=lambda s: None)
+        fails = vnnlib_against_manifest(self.dir)
+        for r in json.loads((self.dir / "manifest.json").read_text())["instances"]:
+            if r["expected"] != "sat":
+                continue
+            try:
+                model = load_model(self.dir / r["onnx"])
+            except Exception:  # refused by the importer (narrowing casts for milp...): nothing proved
+                continue
+            prop = read_vnnlib(self.dir / r["vnnlib"])
+            for m in self.METHODS:
+                result = api.verify(model, prop, m, attack=False, timeout=5)
+                if result.verdict is Verdict.PROVED:
+                    fails.append(f"{r['name']}: {m} proves a property onnxruntime violates")
+        return fails
+
+
 def default_checks(suite: Path) -> list[tuple[str, Check]]:
     """The mutation audit's checks, cheapest first."""
     return [("vnnlib_against_manifest", lambda: vnnlib_against_manifest(suite)),
             ("exact_arithmetic", exact_arithmetic),
             ("containment", containment),
             ("tight_properties", TightProperties()),
-            ("suite_audit", lambda: suite_audit(suite))]
+            ("suite_audit", lambda: suite_audit(suite)),
+            ("trap_bounds", TrapBounds())]

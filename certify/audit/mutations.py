@@ -230,6 +230,76 @@ def _batchnorm_mean_sign():
     return _item(handlers, "BatchNormalization", batchnorm)
 
 
+def _sound_as_fast():
+    """The sound passes run with fast (unrounded) arithmetic: no rounding terms at all."""
+    from ..engine import crown, ibp
+    from ..engine.fp import FAST
+
+    stack = contextlib.ExitStack()
+    for mod in (crown, ibp):
+        stack.enter_context(_patched(mod, "sound_rounding", lambda graph: FAST))
+    return stack
+
+
+def _runtime_perturbation_dropped():
+    """The runtime's per-op rounding is not covered (proofs about the exact network only)."""
+    from ..engine import crown, rules
+
+    stack = contextlib.ExitStack()
+    for mod in (crown, rules):
+        stack.enter_context(_patched(mod, "runtime_perturbation", lambda node, boxes, rnd: None))
+    return stack
+
+
+def _folded_errors_zeroed():
+    """BatchNorm folded without the representation and runtime error terms of its constants."""
+    from .. import onnx_import
+
+    old = onnx_import._Importer.HANDLERS["BatchNormalization"]
+
+    def batchnorm(self, node, ins, attrs):
+        old(self, node, ins, attrs)
+        params = self.nodes[-1].params
+        for key in ("abs_err", "rel_err", "runtime_bias_abs", "runtime_ops"):
+            params.pop(key, None)
+
+    return _item(onnx_import._Importer.HANDLERS, "BatchNormalization", batchnorm)
+
+
+def _flush_to_zero():
+    """The sound context flushes subnormals (operands too) to zero, as it once did."""
+    real = torch.set_flush_denormal
+    return _patched(torch, "set_flush_denormal", lambda on: real(True))
+
+
+def _small_coefficients_kept():
+    """The exact backends hand coefficients of any size to the solver (HiGHS drops |a| <= 1e-9)."""
+    from .. import pwl
+
+    return _patched(pwl, "SMALL_COEF", 0.0)
+
+
+def _spec_constants_in_float():
+    """VNN-LIB linear combinations computed in float64 before rounding (1e16 + 1 - 1e16 = 0)."""
+    from fractions import Fraction
+
+    from .. import vnnlib
+
+    old = vnnlib._sum
+
+    def float_sum(terms, signs):
+        coefs: dict = {}
+        const = 0.0
+        for (tc, tk), s in zip(terms, signs):
+            for k, c in tc.items():
+                coefs[k] = float(coefs.get(k, 0.0)) + s * float(c)
+            const += s * float(tk)
+        return {k: Fraction(v) for k, v in coefs.items()}, Fraction(const)
+
+    assert old is not None
+    return _patched(vnnlib, "_sum", float_sum)
+
+
 @dataclass(frozen=True)
 class Mutation:
     name: str
@@ -259,6 +329,15 @@ CATALOGUE: tuple[Mutation, ...] = (
              _replay_accepts_anything),
     Mutation("bab_closes_early", "branch-and-bound closes domains whose bound is above -0.25", _bab_closes_early),
     Mutation("batchnorm_mean_sign", "BatchNorm folded with the running mean's sign flipped", _batchnorm_mean_sign),
+    Mutation("sound_as_fast", "sound CROWN and IBP run with fast (unrounded) arithmetic", _sound_as_fast),
+    Mutation("runtime_perturbation_dropped", "the runtime's per-op rounding left out of every bound",
+             _runtime_perturbation_dropped),
+    Mutation("folded_errors_zeroed", "BatchNorm folded without its constants' error terms", _folded_errors_zeroed),
+    Mutation("flush_to_zero", "subnormals flushed to zero inside the sound context", _flush_to_zero),
+    Mutation("small_coefficients_kept", "coefficients below the solver's drop threshold given to HiGHS",
+             _small_coefficients_kept),
+    Mutation("spec_constants_in_float", "VNN-LIB constants combined in float64 before rounding",
+             _spec_constants_in_float),
 )
 
 
