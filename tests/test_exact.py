@@ -222,3 +222,27 @@ def test_a_violation_only_within_the_rounding_margin_is_unknown_not_proved():
     for method in METHODS:
         r = api.verify(model, prop, method, timeout=30, attack=False)
         assert r.verdict is not Verdict.PROVED, method
+
+
+@pytest.mark.parametrize("family", ["dense", "conv", "batchnorm", "avgpool", "maxpool", "residual"])
+def test_independent_oracle_matches_the_pwl_lowering(family):
+    """The oracle of ``tests/oracles`` (no certify.pwl) against the MILP on certify's own lowering
+    (``pwl.lower``, the previous oracle), on every op family: equal to 1e-6 relative."""
+    from oracles.exact import clause_margins
+    from oracles.test_oracles import _Model, _clause, family_graph
+
+    from certify.pwl import lower
+    from verifiers.milp import MILPSolver
+
+    graph = family_graph(family, 3, 5)
+    rng = np.random.default_rng(7)
+    lo = rng.uniform(-1.0, 0.0, 3)
+    spec = Spec(Box(torch.tensor(lo)[None], torch.tensor(lo + 1.0)[None]), (_clause(rng), _clause(rng, rows=3)))
+    model = _Model(graph)
+    mine = clause_margins(model, spec, cross_check=False)
+    program = lower(graph.to(dtype=torch.float64), spec.input, float_rounding="none")
+    milp = MILPSolver(program)
+    for value, clause in zip(mine, spec.unsafe):
+        A, a = program.output_rows(clause.C[0].double().numpy())
+        old, _ = milp.minimum(A, a, clause.d[0].double().numpy())
+        assert abs(value - old) <= 1e-6 * (1 + abs(old)), (family, value, old)

@@ -17,7 +17,9 @@ Each value is confirmed twice, and a disagreement raises :class:`OracleDisagreem
   (every ReLU/LeakyReLU ``y = If(z >= 0, z, a z)``, every max ``y >= z_i and Or_i(y = z_i)`` over all
   window candidates) finds the clause shifted to ``t* - tol`` unreachable; so neither the interval
   bounds (big-M constants, stable-neuron decisions, pruned max candidates) nor HiGHS' tolerances can
-  corrupt the value by more than ``tol``.
+  corrupt the value by more than ``tol``. (To keep z3 fast, the oracle's interval bounds of the ReLU
+  inputs and max candidates enter z3 only as lemmas z3 has first proved itself, node by node, from
+  the input set and the earlier lemmas: no unproved bound is ever assumed.)
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class Z3Network:
     """The oracle's program asserted in z3 without bounds; ``reachable(C, d, t)`` decides whether some
     input of the set has ``C_j y - d_j <= t`` for every row ``j``."""
 
-    def __init__(self, prog: GraphProgram):
+    def __init__(self, prog: GraphProgram, lemmas: bool = True):
         import z3
 
         self.prog = prog
@@ -60,19 +62,60 @@ class Z3Network:
             return z3.Sum(terms) if len(terms) > 1 else (terms[0] if terms else z3.RealVal(0, ctx))
 
         self.lin = lin
-        for out, L, ins, b in prog.eqs:
-            for r in range(out.size):
-                a, e = L.indptr[r], L.indptr[r + 1]
-                s.add(v[int(out[r])] == lin(L.data[a:e], ins[L.indices[a:e]]) + _q(b[r], ctx))
-        for z, y, a in prog.relus:
-            for zi, yi in zip(z, y):
-                zv, yv = v[int(zi)], v[int(yi)]
-                s.add(yv == z3.If(zv >= 0, zv, _q(a, ctx) * zv if a else z3.RealVal(0, ctx)))
-        for y, cands in prog.maxes:
-            for yi, zs in zip(y, cands):
-                yv = v[int(yi)]
-                s.add(*[yv >= v[int(zi)] for zi in zs])
-                s.add(z3.Or(*[yv == v[int(zi)] for zi in zs]))
+        self._input_set(s, v, prog, ctx)
+        # the program's blocks in the order of the graph (variables are numbered in node order)
+        blocks = [(int(out[0]) if out.size else -1, "eq", (out, L, ins, b)) for out, L, ins, b in prog.eqs]
+        blocks += [(int(y[0]), "relu", (z, y, a)) for z, y, a in prog.relus if y.size]
+        blocks += [(int(y[0]), "max", (y, c)) for y, c in prog.maxes if y.size]
+        for _, kind, blk in sorted(blocks, key=lambda t: t[0]):
+            if kind == "eq":
+                out, L, ins, b = blk
+                for r in range(out.size):
+                    a, e = L.indptr[r], L.indptr[r + 1]
+                    s.add(v[int(out[r])] == lin(L.data[a:e], ins[L.indices[a:e]]) + _q(b[r], ctx))
+                continue
+            if lemmas:
+                self._prove_bounds(np.unique(blk[0] if kind == "relu" else np.concatenate(blk[1])))
+            if kind == "relu":
+                z, y, a = blk
+                for zi, yi in zip(z, y):
+                    zv, yv = v[int(zi)], v[int(yi)]
+                    s.add(yv == z3.If(zv >= 0, zv, _q(a, ctx) * zv if a else z3.RealVal(0, ctx)))
+                    l, u = Fraction(prog.lo[zi]), Fraction(prog.hi[zi])
+                    if lemmas and l < 0 < u:
+                        # implied by the proved l <= z <= u (convexity): the chord, in exact rationals
+                        fa = Fraction(float(a))
+                        slope = (u - fa * l) / (u - l)
+                        s.add(yv <= z3.RealVal(slope, ctx) * (zv - z3.RealVal(l, ctx)) + z3.RealVal(fa * l, ctx))
+            else:
+                for yi, zs in zip(*blk):
+                    yv = v[int(yi)]
+                    s.add(*[yv >= v[int(zi)] for zi in zs])
+                    s.add(z3.Or(*[yv == v[int(zi)] for zi in zs]))
+
+    def _prove_bounds(self, zs: np.ndarray) -> None:
+        """z3 proves, over the input set and everything asserted so far (the graph up to this ReLU/max
+        node, with the lemmas of the earlier ones), that the oracle's interval bounds hold for the
+        node's inputs ``zs``, then asserts them: facts z3 has established itself, which spare it the
+        case splits the bounds settle. A bound z3 refutes raises (wrong interval arithmetic)."""
+        import z3
+
+        prog, s, v, ctx = self.prog, self.solver, self.v, self.ctx
+        facts = [(v[int(i)] >= _q(prog.lo[i], ctx), v[int(i)] <= _q(prog.hi[i], ctx)) for i in zs]
+        s.push()
+        s.set("timeout", 600_000)
+        s.add(z3.Or(*[z3.Not(f) for pair in facts for f in pair]))
+        status = str(s.check())
+        s.pop()
+        if status != "unsat":
+            raise OracleDisagreement(f"z3 answers {status} to the oracle's interval bounds of variables {zs.tolist()}")
+        for pair in facts:
+            s.add(*pair)
+
+    @staticmethod
+    def _input_set(s, v, prog, ctx) -> None:
+        import z3
+
         x = v[: prog.n_inputs]
         kind = prog.input_set[0]
         if kind == "box":

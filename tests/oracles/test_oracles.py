@@ -7,6 +7,7 @@ convolution.  Everything is float64 and small; the whole file runs in seconds.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -402,3 +403,290 @@ def test_input_validation():
     # relu as the very last layer: bounds are those of relu(W x)
     lo, up = crown_bounds(layers, (3,), (-np.ones(3), np.ones(3)))
     assert np.all(up >= 0)
+
+
+# ---------------------------------------------------------------------------
+# the graph oracle (milp.lower_graph / graph_min, confirmed by exact.clause_margins) on every op family
+# ---------------------------------------------------------------------------
+
+
+def _rand(g, *shape, scale=1.0):
+    import torch
+
+    return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+
+def build_graph(n_in, steps):
+    """A certify Graph from ``(name, op, inputs, params)`` steps (``inputs`` None: the previous output)."""
+    import torch
+
+    from certify.graph import Graph, Node
+
+    from .milp import torch_forward
+
+    shapes, prev, nodes = {"x": (n_in,)}, "x", []
+    for name, op, inputs, params in steps:
+        inputs = (prev,) if inputs is None else tuple(inputs)
+        probe = [torch.zeros(1, *shapes[i], dtype=torch.float64) for i in inputs]
+        node = Node(name, op, inputs, name, params, ())
+        shape = tuple(torch_forward(node, *probe).shape[1:])
+        nodes.append(Node(name, op, inputs, name, params, shape))
+        shapes[name], prev = shape, name
+    return Graph("x", (n_in,), tuple(nodes), prev, shapes[prev])
+
+
+def family_graph(family: str, n_in: int, seed: int = 0):
+    """A small network exercising one op family (input ``n_in`` entries, 3 outputs)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1234 + seed)
+
+    def dense(name, n, m, inputs=None, bias=True):
+        p = {"weight": _rand(g, m, n, scale=1 / np.sqrt(n))}
+        if bias:
+            p["bias"] = _rand(g, m, scale=0.3)
+        return (name, "linear", inputs, p)
+
+    def lift(c, h, w):  # dense n_in -> (c, h, w)
+        return [dense("lift", n_in, c * h * w), ("img", "reshape", None, {"shape": (c, h, w)})]
+
+    def head(n):
+        return [("flat", "reshape", None, {"shape": (n,)}), dense("out", n, 3)]
+
+    if family == "dense":
+        steps = [dense("l1", n_in, 6), ("r1", "relu", None, {}), dense("l2", 6, 5), ("r2", "relu", None, {}),
+                 dense("l3", 5, 3)]
+    elif family == "conv":
+        conv1 = {"weight": _rand(g, 4, 1, 2, 3, scale=0.5), "bias": _rand(g, 4, scale=0.2), "stride": (2, 1),
+                 "padding": (1, 0), "dilation": (1, 2), "groups": 2, "pre_pad": (1, 0, 0, 1)}
+        conv2 = {"weight": _rand(g, 2, 4, 2, 2, scale=0.4), "stride": (1, 1), "padding": (0, 1),
+                 "dilation": (1, 1), "groups": 1}
+        steps = lift(2, 3, 4) + [("c1", "conv2d", None, conv1), ("r1", "relu", None, {}),
+                                 ("c2", "conv2d", None, conv2), ("r2", "relu", None, {})]
+        steps += head(int(np.prod(build_graph(n_in, steps).output_shape)))
+    elif family == "batchnorm":
+        scale = torch.tensor([1.7, -0.6], dtype=torch.float64).reshape(1, 2, 1, 1)
+        steps = lift(2, 2, 2) + [
+            ("bn", "affine", None, {"scale": scale, "shift": _rand(g, 1, 2, 1, 1, scale=0.3)}),
+            ("lr", "leaky_relu", None, {"alpha": 0.2}),
+            ("mul", "affine", None, {"scale": _rand(g, 1, 2, 2, 2)}),
+            ("add", "affine", None, {"shift": _rand(g, 1, 2, 2, 2, scale=0.2)}),
+            ("r", "relu", None, {})] + head(8)
+    elif family == "avgpool":
+        a1 = {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True, "count_include_pad": False}
+        a2 = {"kernel": (2, 2), "stride": (2, 2), "padding": (1, 0), "ceil_mode": True, "count_include_pad": True}
+        a3 = {"kernel": (2, 3), "stride": (1, 2), "padding": (0, 0), "ceil_mode": False, "count_include_pad": True,
+              "pre_pad": (1, 0, 0, 1)}
+        steps = lift(1, 4, 4) + [("r0", "relu", None, {}), ("a1", "avgpool2d", ["r0"], a1),
+                                 ("a2", "avgpool2d", ["r0"], a2), ("a3", "avgpool2d", ["r0"], a3)]
+        shapes = {s.name: s.shape for s in build_graph(n_in, steps).nodes}
+        sizes = [int(np.prod(shapes[k])) for k in ("a1", "a2", "a3")]
+        steps += [("f1", "reshape", ["a1"], {"shape": (sizes[0],)}), ("f2", "reshape", ["a2"], {"shape": (sizes[1],)}),
+                  ("f3", "reshape", ["a3"], {"shape": (sizes[2],)}), ("cat", "concat", ["f1", "f2", "f3"], {"axis": 0}),
+                  ("r1", "relu", None, {}), dense("out", sum(sizes), 3)]
+    elif family == "maxpool":
+        m1 = {"kernel": (2, 2), "stride": (2, 2), "padding": (1, 1), "dilation": (1, 1), "ceil_mode": True}
+        m2 = {"kernel": (3, 2), "stride": (1, 2), "padding": (1, 0), "dilation": (2, 1), "ceil_mode": False,
+              "pre_pad": (0, 1, 1, 0)}
+        steps = lift(2, 3, 4) + [("m1", "maxpool2d", ["img"], m1), ("m2", "maxpool2d", ["img"], m2)]
+        shapes = {s.name: s.shape for s in build_graph(n_in, steps).nodes}
+        sizes = [int(np.prod(shapes[k])) for k in ("m1", "m2")]
+        steps += [("f1", "reshape", ["m1"], {"shape": (sizes[0],)}), ("f2", "reshape", ["m2"], {"shape": (sizes[1],)}),
+                  ("cat", "concat", ["f1", "f2"], {"axis": 0}), dense("h", sum(sizes), 5), ("r", "relu", None, {}),
+                  dense("out", 5, 3)]
+    elif family == "residual":
+        steps = [dense("l1", n_in, 6), ("h", "relu", None, {}), dense("l2", 6, 6), ("gl", "leaky_relu", None, {"alpha": 0.3}),
+                 ("sum", "add", ["gl", "h"], {}), dense("l3", 6, 6, inputs=["h"]), ("diff", "sub", ["sum", "l3"], {}),
+                 ("r", "relu", None, {}), ("m", "reshape", None, {"shape": (2, 3)}),
+                 ("t", "transpose", None, {"perm": (1, 0)}), ("tf", "reshape", None, {"shape": (6,)}),
+                 ("id", "identity", None, {}), ("cat", "concat", ["id", "h"], {"axis": 0}), dense("out", 12, 3)]
+    else:
+        raise ValueError(family)
+    return build_graph(n_in, steps)
+
+
+FAMILIES = ("dense", "conv", "batchnorm", "avgpool", "maxpool", "residual")
+
+
+class _Model:
+    """The two attributes the oracle reads from a certify Model."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.input_shape = graph.input_shape
+
+
+def _clause(rng, rows=2):
+    import torch
+
+    from certify.spec import Clause
+
+    C = torch.tensor(rng.standard_normal((1, rows, 3)))
+    d = torch.tensor(rng.uniform(-0.2, 0.2, (1, rows)))
+    return Clause(C, d)
+
+
+def _values(graph, X, clause):
+    """``max_j (C_j f(x) - d_j)`` at the rows of ``X`` by certify's float64 forward pass."""
+    import torch
+
+    with torch.no_grad():
+        Y = graph.to(dtype=torch.float64).forward(torch.as_tensor(X).reshape(-1, *graph.input_shape))
+    return ((Y.reshape(len(X), -1) @ clause.C[0].T) - clause.d[0]).max(1).values.numpy()
+
+
+def _refined_grid_min(graph, clause, lo, hi, n=161, keep=12, rounds=8):
+    """Brute force on a 2-D box: a grid, then repeated zooms around the best points."""
+    axes = [np.linspace(lo[i], hi[i], n) for i in range(2)]
+    X = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    v = _values(graph, X, clause)
+    h = (hi - lo) / (n - 1)
+    best = X[np.argsort(v)[:keep]]
+    out = float(v.min())
+    for _ in range(rounds):
+        pts = []
+        for p in best:
+            ax = [np.clip(np.linspace(p[i] - 2 * h[i], p[i] + 2 * h[i], 21), lo[i], hi[i]) for i in range(2)]
+            pts.append(np.stack(np.meshgrid(*ax, indexing="ij"), -1).reshape(-1, 2))
+        X = np.concatenate(pts)
+        v = _values(graph, X, clause)
+        out = min(out, float(v.min()))
+        best = X[np.argsort(v)[:keep]]
+        h = h / 5
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("seed", range(2))
+def test_graph_oracle_equals_refined_grid_on_2d_inputs(family, seed):
+    """2-D input, box: the oracle never exceeds the brute-force minimum, and matches it closely."""
+    import torch
+
+    from certify.sets import Box
+    from certify.spec import Spec
+
+    from .exact import clause_margins
+
+    graph = family_graph(family, 2, seed)
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-1.0, 0.0, 2)
+    hi = lo + rng.uniform(0.5, 1.5, 2)
+    clause = _clause(rng)
+    spec = Spec(Box(torch.tensor(lo)[None], torch.tensor(hi)[None]), (clause,))
+    (value,) = clause_margins(_Model(graph), spec)
+    brute = _refined_grid_min(graph, clause, lo, hi)
+    assert value <= brute + 1e-9, (value, brute)
+    assert brute - value <= 1e-6 * (1 + abs(value)), (value, brute)
+
+
+def _sample_set(rng, kind, n_in, n=20_000):
+    """An input set and samples of it (uniform, surface and vertices)."""
+    import torch
+
+    from certify.sets import Box, LpBall
+
+    c = rng.uniform(-0.5, 0.5, n_in)
+    if kind == "box":
+        lo, hi = c - rng.uniform(0.1, 0.6, n_in), c + rng.uniform(0.1, 0.6, n_in)
+        X = sample_box(rng, lo, hi, n)
+        return Box(torch.tensor(lo)[None], torch.tensor(hi)[None]), X
+    if kind == "linf":
+        eps = 0.4
+        clo, chi = c - 0.25, c + 1.0  # the clip box cuts the ball on one side
+        X = np.clip(c + eps * sample_ball(rng, np.zeros(n_in), 1.0, np.inf, n), clo, chi)
+        return LpBall(torch.tensor(c)[None], torch.tensor([eps]), math.inf,
+                      clip=Box(torch.tensor(clo)[None], torch.tensor(chi)[None])), X
+    eps = 1.2
+    X = c + eps * sample_ball(rng, np.zeros(n_in), 1.0, 1, n)
+    return LpBall(torch.tensor(c)[None], torch.tensor([eps]), 1.0), X
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["box", "linf", "l1"])
+def test_graph_oracle_below_every_sample(family, kind):
+    """6 inputs, box / clipped L-inf ball / L1 ball, two clauses of two rows: the oracle's value is at most
+    every sampled value (sampling is an upper bound of the minimum) and its minimiser lies in the set."""
+    import math as _m
+
+    import torch
+
+    from certify.spec import Spec
+
+    from .exact import clause_margins
+
+    seed = FAMILIES.index(family) * 3 + ["box", "linf", "l1"].index(kind)
+    rng = np.random.default_rng(100 + seed)
+    graph = family_graph(family, 6, seed)
+    input_set, X = _sample_set(rng, kind, 6)
+    clauses = (_clause(rng), _clause(rng, rows=3))
+    # z3's confirmation takes minutes at 6 inputs (bignum rationals): the 2-D tests above run it
+    values, xs = clause_margins(_Model(graph), Spec(input_set, clauses), cross_check=False, return_x=True)
+    for value, x, clause in zip(values, xs, clauses):
+        sampled = float(_values(graph, X, clause).min())
+        assert value <= sampled + 1e-9, (value, sampled)
+        assert bool(input_set.contains(torch.tensor(x)[None], atol=1e-7)[0])
+        assert sampled - value <= 0.5 * (1 + abs(value))  # sampling in 6-D is loose, not absurdly so
+    assert np.all(np.isfinite(values)) and not _m.isnan(values.sum())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_oracle_forward_matches_certify_forward(family):
+    """The oracle's own op semantics (PyTorch functional calls) against certify's graph evaluation."""
+    import torch
+
+    from .milp import graph_forward
+
+    graph = family_graph(family, 5, 7)
+    X = torch.randn(64, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(graph_forward(graph, X), graph.forward(X), rtol=1e-12, atol=1e-12)
+
+
+def test_graph_oracle_on_the_layer_format_equals_exact_min():
+    """The graph oracle against the layer-format MILP above (two independent encodings) on dense nets."""
+    import torch
+
+    from certify.sets import Box
+    from certify.spec import Clause, Spec
+
+    from .exact import clause_margins
+
+    for seed in range(4):
+        rng, layers, shape, center, radius, n_out = mlp_case(seed)
+        steps, n = [], shape[0]
+        for k, layer in enumerate(layers):
+            if layer[0] == "dense":
+                steps.append((f"d{k}", "linear", None, {"weight": torch.tensor(layer[1]), "bias": torch.tensor(layer[2])}))
+            else:
+                steps.append((f"r{k}", "relu", None, {}))
+        graph = build_graph(n, steps)
+        c = rng.standard_normal(n_out)
+        spec = Spec(Box(torch.tensor(center - radius)[None], torch.tensor(center + radius)[None]),
+                    (Clause(torch.tensor(c)[None, None], torch.zeros(1, 1, dtype=torch.float64)),))
+        (value,) = clause_margins(_Model(graph), spec)
+        assert close(value, exact_min(layers, shape, center - radius, center + radius, c))
+
+
+def test_graph_oracle_refuses_what_it_cannot_encode():
+    import torch
+
+    from certify.sets import Box
+    from certify.spec import Clause, Spec
+
+    from .exact import clause_margins
+    from .milp import OracleError
+
+    bad = family_graph("dense", 2)
+    from dataclasses import replace
+
+    bad = replace(bad, nodes=(replace(bad.nodes[0], op="tanh"),) + bad.nodes[1:])
+    spec = Spec(Box(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)),
+                (Clause(torch.ones(1, 1, 3, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)),))
+    with pytest.raises(OracleError, match="tanh"):
+        clause_margins(_Model(bad), spec)
+    leaky = family_graph("residual", 2)
+    idx = [n.op for n in leaky.nodes].index("leaky_relu")
+    nodes = list(leaky.nodes)
+    nodes[idx] = replace(nodes[idx], params={"alpha": 1.5})
+    with pytest.raises(OracleError, match="slope"):
+        clause_margins(_Model(replace(leaky, nodes=tuple(nodes))), spec)
