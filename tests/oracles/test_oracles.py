@@ -663,7 +663,7 @@ def test_graph_oracle_on_the_layer_format_equals_exact_min():
         c = rng.standard_normal(n_out)
         spec = Spec(Box(torch.tensor(center - radius)[None], torch.tensor(center + radius)[None]),
                     (Clause(torch.tensor(c)[None, None], torch.zeros(1, 1, dtype=torch.float64)),))
-        (value,) = clause_margins(_Model(graph), spec)
+        (value,) = clause_margins(_Model(graph), spec, cross_check=False)  # z3 would take minutes here
         assert close(value, exact_min(layers, shape, center - radius, center + radius, c))
 
 
