@@ -15,7 +15,7 @@ exactly, and a new seed gives fresh hidden points once published ones have been 
    instances the same spike placed just outside the box, so it never fires there;
 4. checks: the planted output of ``x*`` in onnxruntime must lie in the unsafe clause with margin
    ``<= -margin``; the attack gauntlet (``gauntlet``) must miss it; an ``unsat`` instance must be proved
-   by ``milp``. Instances failing a check are dropped and the next draw is tried.
+   by ``milp`` and again by ``bab`` (CROWN-based branch-and-bound: no MILP lowering, no LP solver). Instances failing a check are dropped and the next draw is tried.
 """
 from __future__ import annotations
 
@@ -354,7 +354,12 @@ def make_instance(out: Path, index: int, seed: int, expected: str, arch: str, ki
         if r.verdict is not Verdict.PROVED:
             log(f"instance {index}: milp did not prove the unsat instance ({r.reason})")
             return _drop(onnx_path, vnnlib_path)
-        record.notes["proved_by"] = f"milp in {r.time_s:.2f}s"
+        # a second, independent proof: branch-and-bound over CROWN (no piecewise-linear lowering, no solver)
+        r2 = api.verify(model, prop, "bab", timeout=exact_timeout, attack=False)
+        if r2.verdict is not Verdict.PROVED:
+            log(f"instance {index}: bab did not confirm milp's proof of the unsat instance ({r2.reason})")
+            return _drop(onnx_path, vnnlib_path)
+        record.notes["proved_by"] = f"milp in {r.time_s:.2f}s, confirmed by bab in {r2.time_s:.2f}s"
         record.pocket_width, record.x_star = width, x_star.tolist()
     return record
 
