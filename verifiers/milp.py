@@ -18,8 +18,20 @@ clause's worst-case margin), with ``t <= tol`` where only feasibility matters. H
 tolerances (feasibility and integrality ``1e-9``), so its answers are exact only up to them: a clause
 counts as unreachable only when HiGHS finds the enlarged clause infeasible with the margin
 ``tol = tolerance * (1 + max |bound|)`` added on top of ``certify.pwl``'s margin
-(``tolerance = 1e-6`` by default, three orders above what the solver's tolerances can move a
-big-M row). Every *falsified* answer is replayed, so a solver inaccuracy there is caught, not reported.
+(``tolerance = 1e-6`` by default), or by the derived margin below if that is larger. Every *falsified*
+answer is replayed, so a solver inaccuracy there is caught, not reported.
+
+Why a margin, and how large (the derivation). HiGHS's *primal* and *integrality* tolerances only enlarge the
+set it searches (a row or a binary off by ``1e-9`` admits more points), so they can make it report a point
+that does not exist, never hide one: they err on the safe side for an UNSAT answer. What can hide a point is
+a pruning or infeasibility decision taken on an LP bound whose dual solution is only feasible to the dual
+tolerance ``eps``: by weak duality with bounded variables, such a bound exceeds the true LP bound by at most
+``eps * sum_j (hi_j - lo_j)``. Every variable therefore gets a finite range (L1 slacks up to the input's
+reach, ``t`` from below by its interval bound) and the clause is enlarged by ``DUAL_SLACK * sum of ranges``
+with ``DUAL_SLACK = 10 eps``; the factor 10 is for HiGHS's internal row/column scaling, which this argument
+does not bound (an assumption, not a proof). Coefficients HiGHS would drop are never given to it
+(``certify.pwl.SMALL_COEF``). Tested at the edge: properties whose exact margin is ``+-1e-4``
+(``tests/test_bab_exact.py``) are decided correctly on both sides.
 """
 from __future__ import annotations
 
@@ -37,6 +49,10 @@ from certify.pwl import Program
 from certify.results import TIMEOUT
 from certify.sets import LpBall
 from certify.spec import Spec
+
+#: Ten times HiGHS's dual feasibility tolerance (1e-9): the factor covers its internal scaling by powers of
+#: two only as an assumption (see the module docstring).
+DUAL_SLACK = 1e-8
 
 #: HiGHS options for exact answers (scipy forwards the tolerances verbatim, with a warning we silence).
 EXACT = {"mip_rel_gap": 0.0, "mip_abs_gap": 0.0, "primal_feasibility_tolerance": 1e-9,
@@ -97,7 +113,12 @@ class MILPSolver:
         self.n = V + n_bin + n_l1 + 1
         self.t = self.n - 1
         lo = np.concatenate([program.lo, np.zeros(n_bin), np.zeros(n_l1), [-np.inf]])
-        hi = np.concatenate([program.hi, np.ones(n_bin), np.full(n_l1, np.inf), [np.inf]])
+        if ball is not None:  # |x_i - c_i| is at most the input variable's distance to the centre
+            c0 = ball.center.reshape(-1).double().cpu().numpy()
+            reach = np.maximum(np.abs(program.hi[: n_l1] - c0), np.abs(program.lo[: n_l1] - c0))
+        else:
+            reach = np.zeros(0)
+        hi = np.concatenate([program.hi, np.ones(n_bin), reach, [np.inf]])
         self.integrality = np.concatenate([np.zeros(V), np.ones(n_bin), np.zeros(n_l1), [0]])
         rows = _Rows(self.n)
         eq = program.eq.tocoo()
@@ -144,6 +165,8 @@ class MILPSolver:
         self.bounds = Bounds(lo, hi)
         finite = np.concatenate([np.abs(program.lo), np.abs(program.hi)])
         self.tol = tolerance * (1.0 + float(finite[np.isfinite(finite)].max(initial=0.0)))
+        # what HiGHS's dual tolerance can hide (see the module docstring): DUAL_SLACK * sum of variable ranges
+        self.ranges = float(np.sum(hi[:-1] - lo[:-1]))
 
     def _solve(self, A: sparse.csr_matrix, a: np.ndarray, d: np.ndarray, time_limit: float, t_max: float,
                exact: bool):
@@ -156,6 +179,7 @@ class MILPSolver:
                                  np.concatenate([blo, np.full(R, -np.inf)]), np.concatenate([bhi, d - a]))]
         lo, hi = self.bounds.lb.copy(), self.bounds.ub.copy()
         hi[self.t] = t_max
+        lo[self.t] = self.t_floor(A, a, d)
         cost = np.zeros(self.n)
         cost[self.t] = 1.0
         options = dict(EXACT) if exact else {"mip_feasibility_tolerance": 1e-9, "primal_feasibility_tolerance": 1e-9}
@@ -165,8 +189,28 @@ class MILPSolver:
             warnings.simplefilter("ignore", RuntimeWarning)
             return milp(cost, constraints=cons, integrality=self.integrality, bounds=Bounds(lo, hi), options=options)
 
+    def t_floor(self, A: sparse.csr_matrix, a: np.ndarray, d: np.ndarray) -> float:
+        """A lower bound of ``t >= max_j (A_j v + a_j - d_j)`` from the variables' bounds (one row suffices),
+        less one: it gives ``t`` a finite range for the dual-tolerance margin, and cuts nothing off."""
+        V = A.shape[1]
+        lo, hi = self.bounds.lb[:V], self.bounds.ub[:V]
+        row = A[0].toarray().ravel()
+        with np.errstate(invalid="ignore"):
+            low = np.where(row > 0, row * lo, np.where(row < 0, row * hi, 0.0)).sum() + a[0] - d[0]
+        return float(low) - 1.0 if np.isfinite(low) else -np.inf
+
+    def margin(self, A: sparse.csr_matrix, a: np.ndarray, d: np.ndarray) -> float:
+        """The enlargement behind an UNSAT answer: the larger of ``tolerance (1 + max |bound|)`` and
+        ``DUAL_SLACK * sum of variable ranges`` (``t``'s included), see the module docstring."""
+        t_range = self.tol - self.t_floor(A, a, d)
+        derived = DUAL_SLACK * (self.ranges + t_range)
+        return max(self.tol, derived) if np.isfinite(derived) else np.inf
+
     def check(self, A, a, d, time_limit: float) -> Check:
-        res = self._solve(A, a, d, time_limit, self.tol, exact=False)
+        margin = self.margin(A, a, d)
+        if not np.isfinite(margin):
+            return Check(UNKNOWN, reason="unbounded variables: no margin covers the solver's tolerances")
+        res = self._solve(A, a, d, time_limit, margin, exact=False)
         if res.status == 2:  # infeasible: even the enlarged clause (by tol) is unreachable
             return Check(UNSAT)
         if res.x is not None and res.status in (0, 1):
