@@ -154,6 +154,7 @@ class _Importer:
             return
         if "weight" in params:
             params["weight_abs"] = params["weight"].abs()  # |W| for interval and linear bounds, once
+        _mark_subnormal(params, FLOAT_TYPES.get(elem, "float32"))
         value = RULES[op].forward(params, *[self.dummy[i] for i in inputs])
         if value.shape[0] != 1:
             raise _Unsupported(f"output shape {tuple(value.shape)} does not keep the batch dimension")
@@ -637,6 +638,20 @@ ATTRS: dict[str, dict[str, Callable[[Any, int], bool]]] = {
     "Concat": {"axis": _any}, "Transpose": {"perm": _any},
     "Shape": {"start": _any, "end": _any},
 }
+
+
+def _mark_subnormal(params: dict[str, Any], runtime: str) -> None:
+    """Weights (or scales) that are subnormal in the runtime's precision may be read as zero by a runtime
+    that flushes subnormal operands: ``params["subnormal_abs"]`` holds their magnitudes, so that
+    ``rules.affine_runtime_error`` charges ``|W_sub| |x|`` for them."""
+    tiny = torch.finfo(getattr(torch, runtime)).tiny
+    for key, target in (("weight", "weight_abs"), ("scale", "scale")):
+        w = params.get(key)
+        if isinstance(w, torch.Tensor) and w.is_floating_point():
+            a = w.abs()
+            sub = (a > 0) & (a < tiny)
+            if bool(sub.any()):
+                params["subnormal_abs"] = {target: torch.where(sub, a, torch.zeros_like(a))}
 
 
 def _check_pool_windows(params: dict, full_shape, kernel, ceil_mode: bool) -> None:

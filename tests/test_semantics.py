@@ -168,3 +168,15 @@ def test_cli_semantics_flag_is_recorded(cancel24, tmp_path):
     assert rows_real[-1]["summary"]["semantics"] == "real"
     bad = subprocess.run(cmd + ["--semantics", "float"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+def test_subnormal_float32_weight_read_as_zero_by_a_flushing_runtime(tmp_path):
+    """``y = -1e-40 x`` on [1e30, 2e30]: the exact network is about -1e-10, but a runtime that flushes
+    subnormal operands (DAZ) reads the weight as 0 and returns y = 0, inside the unsafe ``y >= 0``."""
+    path = _model(tmp_path / "daz.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                  [_const("w", [[-1e-40]])])
+    spec = _vnnlib(tmp_path / "p.vnnlib", "1e30", "2e30", "(>= Y_0 0)")
+    _assert_never_proved(_answers(path, spec, methods=("ibp", "crown", "alpha-crown", "milp")))
+    real = certify.verify(certify.load_model(path), certify.read_vnnlib(spec), method="crown", attack=False,
+                          semantics="real")
+    assert real.verdict is Verdict.PROVED  # the exact network stays below 0

@@ -54,6 +54,10 @@ from certify.spec import Spec
 #: two only as an assumption (see the module docstring).
 DUAL_SLACK = 1e-8
 
+#: Magnitudes HiGHS does not take at face value (bounds >= 1e20 are infinite to it; coefficients >= 1e15 are
+#: refused); with margin to spare.
+HIGHS_LARGE = 1e15
+
 #: HiGHS options for exact answers (scipy forwards the tolerances verbatim, with a warning we silence).
 EXACT = {"mip_rel_gap": 0.0, "mip_abs_gap": 0.0, "primal_feasibility_tolerance": 1e-9,
          "dual_feasibility_tolerance": 1e-9, "mip_feasibility_tolerance": 1e-9}
@@ -206,7 +210,26 @@ class MILPSolver:
         derived = DUAL_SLACK * (self.ranges + t_range)
         return max(self.tol, derived) if np.isfinite(derived) else np.inf
 
+    def out_of_range(self, A: sparse.csr_matrix, a: np.ndarray, d: np.ndarray) -> str:
+        """Why HiGHS cannot be trusted with these numbers, or "": it reads bounds of magnitude >= 1e20 as
+        infinite (``infinite_bound``: a lower bound of 1e30 makes the problem look infeasible) and rejects
+        coefficients >= 1e15 (``large_matrix_value``)."""
+        b = np.concatenate([self.bounds.lb[:-1], self.bounds.ub[:-1]])
+        b = b[np.isfinite(b)]
+        base, blo, bhi = self.base
+        rhs = np.concatenate([blo, bhi, d - a])
+        rhs = rhs[np.isfinite(rhs)]
+        coef = np.concatenate([np.abs(base.data), np.abs(A.data)])
+        if b.size and float(np.abs(b).max()) >= HIGHS_LARGE or rhs.size and float(np.abs(rhs).max()) >= HIGHS_LARGE:
+            return f"a bound of magnitude >= {HIGHS_LARGE:g}, which HiGHS would read as infinite"
+        if coef.size and float(coef.max()) >= HIGHS_LARGE:
+            return f"a coefficient of magnitude >= {HIGHS_LARGE:g}, beyond what HiGHS accepts"
+        return ""
+
     def check(self, A, a, d, time_limit: float) -> Check:
+        why = self.out_of_range(A, a, d)
+        if why:
+            return Check(UNKNOWN, reason=f"unsupported numbers for the MILP solver: {why}")
         margin = self.margin(A, a, d)
         if not np.isfinite(margin):
             return Check(UNKNOWN, reason="unbounded variables: no margin covers the solver's tolerances")

@@ -279,7 +279,7 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
         u = unit_roundoff(A.dtype)
         rep = u * d.to(A.dtype).abs()
         if graph.output in boxes:
-            m_out = _magnitude(boxes[graph.output]).reshape(A.shape[0], 1, *graph.output_shape)
+            m_out = _magnitude(boxes[graph.output]).reshape(-1, 1, *graph.output_shape)
             rep = rep + u * _flat_dot(A.abs(), m_out)
         value = rnd.lo(value - up(rep * (1 + 4 * u)))
     return value
