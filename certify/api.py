@@ -12,8 +12,9 @@ from typing import Any
 
 from . import registry
 from .budget import Budget
-from .engine.fp import SEMANTICS, OverflowRisk
+from .engine.fp import OverflowRisk
 from .errors import CertifyError
+from .graph import SEMANTICS
 from .models import Model, check_spec_fits
 from .results import TIMEOUT, Result, Verdict
 from .selfcheck import check_import

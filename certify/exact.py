@@ -107,8 +107,8 @@ class ExactVerifier:
             spec = spec.reshape_input(model.input_shape)
             for b in range(spec.batch_size):
                 one = spec[b]
-                runtime = model.graph.meta.get("semantics", "runtime") == "runtime"
-                program = lower(model.graph, one.input, float_rounding=self.float_rounding if runtime else "none")
+                rounding = self.float_rounding if model.graph.semantics == "runtime" else "none"
+                program = lower(model.graph, one.input, float_rounding=rounding)
                 stats["unstable"] = max(stats["unstable"], program.stats["unstable"])
                 solver = self.build(program, options)
                 if budget.expired():  # building a large encoding can take the whole budget

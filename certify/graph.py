@@ -13,6 +13,9 @@ from torch import Tensor
 
 from .errors import ShapeError
 
+#: What a proof can cover (see ``engine.fp``): the runtime's float evaluation too, or the exact network only.
+SEMANTICS = ("runtime", "real")
+
 
 @dataclass(frozen=True)
 class Node:
@@ -71,8 +74,8 @@ class Graph:
 
     def with_semantics(self, semantics: str) -> "Graph":
         """A copy whose proofs cover ``semantics`` (``"runtime"`` or ``"real"``)."""
-        if semantics not in ("runtime", "real"):
-            raise ValueError(f"semantics: expected 'runtime' or 'real', got {semantics!r}")
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics: expected one of {SEMANTICS}, got {semantics!r}")
         return replace(self, meta={**self.meta, "semantics": semantics})
 
     @property

@@ -356,7 +356,8 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             abs_err = node.params.get("abs_err")
             abs_err = (torch.as_tensor(abs_err, dtype=torch.float64).expand(1, *node.shape).reshape(-1).numpy()
                        if abs_err is not None else 0.0)
-            dropped = abs(small) @ m_cols
+            abs_small = abs(small)
+            dropped = abs_small @ m_cols
             err_r[out] = absL @ np.concatenate([err_r[i] for i in node.inputs]) + np.where(
                 copy, 0.0, (rel + 2 * u64) * m_in + abs_err) + dropped * (1 + 4 * u64)
             # the runtime's rounding (engine.rules.affine_runtime_error): gamma_{n+4+k} in its precision,
@@ -366,10 +367,10 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             b_rt = node.params.get("runtime_bias_abs")
             b_rt = (torch.as_tensor(b_rt, dtype=torch.float64).expand(1, *node.shape).reshape(-1).numpy()
                     if b_rt is not None else np.abs(bias))
-            sub = abs(full + small)
+            absL_all = absL + abs_small
+            sub = absL_all.copy()  # the weights a flushing runtime reads as zero
             sub.data = np.where(sub.data < t_eval, sub.data, 0.0)
-            absL_all = abs(full + small)
-            extra = np.where(g > 0, g * (absL_all @ np.full(m_cols.size, t_eval) + b_rt + abs(small) @ m_cols)
+            extra = np.where(g > 0, g * (absL_all @ np.full(m_cols.size, t_eval) + b_rt + dropped)
                              + sub @ m_cols + 2 * n_terms * t_eval, 0.0)
             with np.errstate(invalid="ignore"):  # 0 * inf where there is no rounding variable
                 delta_max = np.where(g > 0, g * m_in + extra, 0.0) * (1 + 16 * u64)

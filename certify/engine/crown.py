@@ -34,7 +34,7 @@ from torch import Tensor
 from ..graph import Graph
 from ..sets import Box, InputSet, LpBall, up
 from .fp import FAST, Rounding, sound_context, sound_rounding, unit_roundoff
-from .rules import RULES, node_box, runtime_perturbation
+from .rules import RULES, magnitude, node_box, runtime_perturbation
 
 # Intermediate-bound rows per backward pass: sized so a coefficient tensor [B, 2 rows, n] stays near 256k
 # values; the passes are memory-bound, and cache-sized chunks run faster than one big one.
@@ -82,10 +82,6 @@ def _shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     for node in graph.nodes:
         shapes[node.output] = node.shape
     return shapes
-
-
-def _magnitude(box: Box) -> Tensor:
-    return torch.maximum(box.lower.abs(), box.upper.abs())
 
 
 class Boxes(dict):
@@ -154,7 +150,7 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
             term = _flat_dot(neg, ub) + (_flat_dot(pos, lb) if bool(lb.any()) else 0.0)
             if rnd.sound:
                 M = lb[0, 0].numel()
-                err = err + rnd.error_bound(_flat_dot(A_ins[0].abs(), _magnitude(z).unsqueeze(1)), 2)
+                err = err + rnd.error_bound(_flat_dot(A_ins[0].abs(), magnitude(z).unsqueeze(1)), 2)
                 err = err + rnd.error_bound(_flat_dot(Aout.abs(), lb.abs() + ub.abs()), 2 * M + 1)
             if coefficients is not None:
                 coefficients[node.name] = Aout
@@ -163,7 +159,7 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
                 beta = beta.clamp(min=0.0) if rnd.sound else beta
                 a = A_ins[0] - beta * sign.unsqueeze(1)  # beta * sign is exact: sign is -1, 0 or 1
                 if rnd.sound:  # one rounded subtraction per element
-                    err = err + rnd.error_bound(_flat_dot(a.abs(), _magnitude(z).unsqueeze(1)), 1)
+                    err = err + rnd.error_bound(_flat_dot(a.abs(), magnitude(z).unsqueeze(1)), 1)
                 A_ins = (a,)
         elif rule.backward is not None:
             A_ins, term, step_err = rule.backward(node.params, Aout, in_boxes, rnd)
@@ -178,7 +174,7 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
                 f0 = rule.forward(node.params, *zeros).unsqueeze(1)
                 term = _flat_dot(Aout, f0)
                 if rnd.sound:
-                    m = rule.abs_forward(node.params, _magnitude(in_boxes[0])).unsqueeze(1)
+                    m = rule.abs_forward(node.params, magnitude(in_boxes[0])).unsqueeze(1)
                     N = Aout[0, 0].numel() + 1
                     err = err + rnd.error_bound(_flat_dot(Aout.abs(), m + f0.abs()), N,
                                                 extra_rel=node.params.get("rel_err", 0.0))
@@ -194,7 +190,7 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
             if name in acc:  # a tensor read by several ops: coefficients add up (one rounding each)
                 a = acc[name] + a
                 if rnd.sound:
-                    err = err + rnd.error_bound(_flat_dot(a.abs(), _magnitude(boxes[name]).unsqueeze(1)), 1)
+                    err = err + rnd.error_bound(_flat_dot(a.abs(), magnitude(boxes[name]).unsqueeze(1)), 1)
             acc[name] = a
     A_x = acc.get(graph.input)
     if A_x is None:
@@ -279,7 +275,7 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
         u = unit_roundoff(A.dtype)
         rep = u * d.to(A.dtype).abs()
         if graph.output in boxes:
-            m_out = _magnitude(boxes[graph.output]).reshape(-1, 1, *graph.output_shape)
+            m_out = magnitude(boxes[graph.output]).reshape(-1, 1, *graph.output_shape)
             rep = rep + u * _flat_dot(A.abs(), m_out)
         value = rnd.lo(value - up(rep * (1 + 4 * u)))
     return value

@@ -148,7 +148,6 @@ class Rounding:
 
 SOUND = Rounding(True)
 FAST = Rounding(False)
-SEMANTICS = ("runtime", "real")
 
 
 class OverflowRisk(ArithmeticError):
@@ -156,12 +155,9 @@ class OverflowRisk(ArithmeticError):
 
 
 def sound_rounding(graph) -> Rounding:
-    """The sound ``Rounding`` for ``graph``'s declared semantics (``graph.meta["semantics"]``, default
-    ``"runtime"``): covering the runtime's rounding in ``graph.runtime_dtype``, or real arithmetic only."""
-    semantics = graph.meta.get("semantics", "runtime")
-    if semantics not in SEMANTICS:
-        raise ValueError(f"semantics: expected one of {SEMANTICS}, got {semantics!r}")
-    return Rounding(True, runtime=graph.runtime_dtype if semantics == "runtime" else None)
+    """The sound ``Rounding`` for ``graph.semantics``: covering the runtime's rounding in
+    ``graph.runtime_dtype`` (``"runtime"``), or real arithmetic only (``"real"``)."""
+    return Rounding(True, runtime=graph.runtime_dtype if graph.semantics == "runtime" else None)
 
 
 @contextlib.contextmanager

@@ -206,16 +206,14 @@ def affine_runtime_error(abs_forward: Forward, bias_abs: Callable[[Params], Tens
         b = p.get("runtime_bias_abs")
         if b is None:
             b = bias_abs(p)
-        mag = abs_forward(p, m)
-        bound = abs_forward(p, m + t)
+        bound = abs_forward(p, m + t)  # also bounds |L x + b| for the overflow check
         if b is not None:
             bound = bound + b
-            mag = mag + b
         E = gamma(n, fmt) * bound + 2 * n * t
         sub = p.get("subnormal_abs")
         if sub is not None:
             E = E + abs_forward({**p, **sub}, m)
-        return _finish(E, mag, fmt)
+        return _finish(E, bound, fmt)
 
     return error
 
@@ -227,12 +225,15 @@ def sum_runtime_error(p: Params, boxes: Sequence[Box], fmt: torch.dtype) -> Tens
     return _finish(unit_roundoff(fmt) * m + 3 * torch.finfo(fmt).tiny, m, fmt)
 
 
-def flush_runtime_error(forward: Forward) -> RuntimeError_:
-    """Ops exact in floating point (ReLU, max): only a flushed subnormal operand, at most ``t``."""
+def flush_runtime_error(forward: Forward | None = None) -> RuntimeError_:
+    """Ops exact in floating point (ReLU, max): only a flushed subnormal operand, at most ``t``.
+    ``forward`` gives the output's shape for ops that change it (max-pooling); elementwise ops pass None."""
 
     def error(p: Params, boxes: Sequence[Box], fmt: torch.dtype) -> Tensor:
-        with torch.no_grad():
-            shape_like = forward(p, boxes[0].lower)
+        shape_like = boxes[0].lower
+        if forward is not None:
+            with torch.no_grad():
+                shape_like = forward(p, shape_like)
         return torch.full_like(shape_like, torch.finfo(fmt).tiny)
 
     return error

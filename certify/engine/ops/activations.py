@@ -185,7 +185,7 @@ def _tanh_relax(p: Params, l: Tensor, u: Tensor, rnd: Rounding, alpha: Tensor | 
 
 RULES = {
     "relu": OpRule("relu", _relu, monotone_ibp(_relu, None, elementwise=True), _vector, relax=_relu_relax, alpha=True,
-                   runtime_error=flush_runtime_error(_relu)),
+                   runtime_error=flush_runtime_error()),
     # alpha * x is one rounding: 2 units of roundoff relative covers it
     "leaky_relu": OpRule("leaky_relu", _leaky_relu, monotone_ibp(_leaky_relu, 2.0, elementwise=True), _leaky_example,
                          relax=_leaky_relax, alpha=True, runtime_error=_leaky_runtime_error),
