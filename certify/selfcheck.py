@@ -29,16 +29,13 @@ import torch
 from .engine.fp import OverflowRisk
 from .errors import ModelError
 from .models import Model
+from .replay import runtime_float
 from .sets import Box
 
 N_CORNERS = 16
 N_RANDOM = 16
 MAX_CENTRES = 16
 SEED = 20240611
-
-
-def _runtime_np(model: Model) -> type:
-    return {torch.float64: np.float64, torch.float16: np.float16}.get(model.graph.runtime_dtype, np.float32)
 
 
 def _inside(lo: np.ndarray, hi: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray] | None:
@@ -131,7 +128,7 @@ def check_import(model: Model, spec) -> int:
     if not specs:
         return 0
     graph = model.graph.with_semantics("runtime")
-    dtype = _runtime_np(model)
+    dtype = runtime_float(model)
     rng = np.random.default_rng(SEED)
     x, labels = _points(specs, dtype, graph.n_inputs, rng)
     if x.shape[0]:
