@@ -2,7 +2,7 @@
 clause at a time, the proof margin and the rules that turn a solver's answer into a ``Result``.
 
 For every instance of every spec and every unsafe clause ``{y : C y <= d}``, the solver is asked
-whether some input of the set reaches the *enlarged* clause ``C y <= d + m`` (``m = Program.margin(C)``,
+whether some input of the set reaches the *enlarged* clause ``C y <= d + m`` (``m = Program.margin(C, d)``,
 a bound on what the program leaves out of the gap between it, the stored network in exact arithmetic
 and its float evaluation; see ``certify.pwl``).
 
@@ -120,7 +120,7 @@ class ExactVerifier:
                     C = clause.C[0].detach().cpu().double().numpy()
                     d = clause.d[0].detach().cpu().double().numpy()
                     A, a = program.output_rows(C)
-                    m = program.margin(C)
+                    m = program.margin(C, d)
                     found = solver.check(A, a, d + m, budget.remaining())
                     if found.status == UNSAT:
                         continue

@@ -127,10 +127,25 @@ class Program:
                               shape=(C.shape[0], self.n_vars))
         return A, C[:, ~var] @ self.out_const[~var]
 
-    def margin(self, C: np.ndarray) -> np.ndarray:
-        """Per row ``j`` the margin ``sum_k |C_jk| err_const_k`` (what the program leaves out), enlarged by
-        ``1e-9`` relative to cover the float64 rounding of the margin's own computation."""
-        return (np.abs(C) @ self.err_const) * (1 + 1e-9) + 1e-300
+    def margin(self, C: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
+        """Per row ``j`` the margin ``sum_k |C_jk| err_const_k`` (what the program leaves out), plus the
+        representation error of the float ``C``, ``d`` rounded to nearest from a spec's exact rationals
+        (``u (|C_j| m + |d_j|)``, and ``tiny (sum_k m_k + 1)`` for entries rounded below the normal range;
+        ``m`` the outputs' magnitudes), enlarged by ``1e-9`` relative to cover the float64 rounding of the
+        margin's own computation."""
+        u, tiny = 2.0**-53, np.finfo(np.float64).tiny
+        m_out = self.output_magnitude()
+        rep = u * (np.abs(C) @ m_out) + tiny * (m_out.sum() + 1)
+        if d is not None:
+            rep = rep + u * np.abs(d)
+        return (np.abs(C) @ self.err_const + rep) * (1 + 1e-9) + 1e-300
+
+    def output_magnitude(self) -> np.ndarray:
+        """``max |y_k|`` over the program's bounds (a constant output's own magnitude)."""
+        var = self.out_var >= 0
+        idx = np.where(var, self.out_var, 0)
+        bound = np.maximum(np.abs(self.lo[idx]), np.abs(self.hi[idx]))
+        return np.where(var, bound, np.abs(self.out_const)) + self.err_const
 
 
 def unsupported_reason(graph: Graph) -> str | None:

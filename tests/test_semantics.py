@@ -180,3 +180,22 @@ def test_subnormal_float32_weight_read_as_zero_by_a_flushing_runtime(tmp_path):
     real = certify.verify(certify.load_model(path), certify.read_vnnlib(spec), method="crown", attack=False,
                           semantics="real")
     assert real.verdict is Verdict.PROVED  # the exact network stays below 0
+
+
+def test_output_coefficient_that_rounds_in_the_subnormal_range(tmp_path):
+    """``c y <= d`` with ``c = (2024.6) 2^-1074``: float64 rounds c *up* by 0.4 of the smallest subnormal, an
+    absolute (not relative) error. At ``y = x = 1e300`` (the only input) ``c y = d`` exactly, so the unsafe
+    row is reached; with c's float the margin looks like +2e-24, far above the relative terms (~1e-36)."""
+    from fractions import Fraction
+
+    from certify.vnnlib import _num
+
+    x = Fraction(1e300)
+    c = Fraction(20246, 10) * Fraction(1, 2**1074)
+    d = c * x
+    path = _model(tmp_path / "id.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                  [_const("w", [[1.0]], np.float64)], dtype=TensorProto.DOUBLE)
+    assert float(c) > c  # the representation error lies on the unsafe side
+    spec = _vnnlib(tmp_path / "p.vnnlib", _num(x), _num(x), f"(<= (* {_num(c)} Y_0) {_num(d)})")
+    results = _answers(path, spec, methods=("ibp", "crown", "alpha-crown", "milp", "smt", "auto"))
+    _assert_never_proved(results)

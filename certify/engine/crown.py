@@ -276,7 +276,10 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
         rep = u * d.to(A.dtype).abs()
         if graph.output in boxes:
             m_out = magnitude(boxes[graph.output]).reshape(-1, 1, *graph.output_shape)
-            rep = rep + u * _flat_dot(A.abs(), m_out)
+            # relative u in the normal range; below it (a coefficient rounded to a subnormal, or to 0) the
+            # error is absolute, under the smallest normal per coefficient: tiny (sum_k m_k + 1) covers C and d
+            absolute = torch.finfo(A.dtype).tiny * (m_out.flatten(1).sum(-1, keepdim=True) + 1)
+            rep = rep + u * _flat_dot(A.abs(), m_out) + absolute
         value = rnd.lo(value - up(rep * (1 + 4 * u)))
     return value
 

@@ -192,7 +192,8 @@ def certify_margin(C: Tensor, d: Tensor, y: Box) -> Tensor:
     ``C`` is ``[B, R, n]``, ``d`` is ``[B, R]``, ``y`` is a box of ``[B, n]``. The interval value
     ``sum_k (C+_jk l_k - C-_jk u_k) - d_j`` is computed in float64, then reduced by
     ``(gamma_{n+1} + u) (|C| max(|l|, |u|) + |d|)``: rounding of the sum plus the representation error
-    of ``C`` and ``d`` parsed from decimal text. The result is ``<=`` the exact real-arithmetic minimum
+    of ``C`` and ``d`` parsed from decimal text (relative in the normal range), and by
+    ``tiny (sum_k max(|l_k|, |u_k|) + 1)`` for entries whose rounding fell below it (absolute). The result is ``<=`` the exact real-arithmetic minimum
     of ``C_j y - d_j`` over the box, so ``> 0`` proves the row's constraint is never met.
     """
     C = C.to(torch.float64)
@@ -204,4 +205,7 @@ def certify_margin(C: Tensor, d: Tensor, y: Box) -> Tensor:
     mag = torch.where(C != 0, C.abs() * torch.maximum(lo.abs(), hi.abs()), zero).sum(-1) + d.abs()
     n = C.shape[-1] + 1
     err = SOUND.error_bound(mag, n, extra_rel=unit_roundoff(torch.float64))
+    # C, d rounded to a subnormal (or to 0) from an exact rational: absolute error, under tiny per entry
+    m = torch.maximum(lo.abs(), hi.abs()).sum(-1)
+    err = err + torch.finfo(torch.float64).tiny * (m + 1)
     return down(value - err)
