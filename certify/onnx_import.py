@@ -259,6 +259,10 @@ class _Importer:
                       self.input.type.tensor_type.elem_type, "float32")},
         )
 
+    def used(self, outputs) -> bool:
+        """Whether any of these tensor names is read by a node or is the graph's output."""
+        return any(o and (self.consumers.get(o, 0) or o == self.graph_output) for o in outputs)
+
     def check_attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
         """The node's attributes, after checking each against ``ATTRS[op]``: an attribute not declared
         there, or a value its check rejects, makes the node unsupported (no attribute is ignored)."""
@@ -435,7 +439,7 @@ class _Importer:
             raise _Unsupported("statistics must be constants (inference mode)")
         if self.opset < 7 and not attrs.get("is_test", 0):
             raise _Unsupported("is_test=0 (training mode: batch statistics) in opset < 7")
-        if any(self.consumers.get(o, 0) or o == self.graph_output for o in node.output[1:] if o):
+        if self.used(node.output[1:]):
             raise _Unsupported("the running-statistics outputs (training mode) are consumed")
         gamma, beta, mean, var = (self.const[n].astype(np.float64) for n in ins[1:5])
         eps = float(attrs.get("epsilon", 1e-5))
@@ -542,8 +546,7 @@ class _Importer:
                                    "(training-mode Dropout is random)")
             if bool(np.asarray(self.const[mode]).any()):
                 raise _Unsupported(f"training-mode Dropout is random (node '{name}', training_mode={mode} is true)")
-        mask = [o for o in node.output[1:] if o]
-        if any(self.consumers.get(o, 0) or o == self.graph_output for o in mask):
+        if self.used(node.output[1:]):
             raise _Unsupported(f"Dropout '{name}': its mask output is consumed")
 
     def _dropout(self, node, ins, attrs):
