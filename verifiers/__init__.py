@@ -8,6 +8,8 @@ BUILTIN = {
     "bab": "verifiers.bab:BaB",
     "milp": "verifiers.milp:MILP",
     "smt": "verifiers.smt:SMT",
+    "sdp": "verifiers.sdp:SDP",
+    "sdp-bm": "verifiers.sdp:SDPBM",
     "smoothing": "verifiers.smoothing:Smoothing",
     "lirpa": "verifiers.lirpa:Lirpa",
 }

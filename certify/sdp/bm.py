@@ -1,0 +1,158 @@
+"""Multipliers from the low-rank (Burer-Monteiro) restriction of the SDP, in torch.
+
+``P = V V^T`` with ``V`` of ``r`` columns (Burer and Monteiro 2003; for this relaxation Chiu and Zhang,
+ICML 2023): the rows ``<A_i, V V^T> <= 0`` and ``|v_0|^2 = 1`` are handled by an augmented Lagrangian
+(Rockafellar's for inequalities),
+
+    L_rho(V) = <G, V V^T> + (rho / 2) sum_i max(0, g_i(V) + lambda_i / rho)^2 + mu h(V) + (rho / 2) h(V)^2,
+
+minimised over ``V`` by L-BFGS, then ``lambda <- max(0, lambda + rho g)``, ``mu <- mu + rho h``, and ``rho``
+grows when the violation does not shrink. Only the pattern entries ``P_rc = <v_r, v_c>`` are formed
+(the first row, the diagonal and the neighbouring layers' products): the cost per step is
+``O(r (n + sum of layer weights))``. Variables are scaled by their box magnitude (``V = diag(mag) Y``).
+
+Global optimality (the paper's check): with the multipliers, form the dual slack ``S = G + sum_i lambda_i
+A_i - mu' e_0 e_0^T`` (``mu'`` its Schur complement, ``certify.sdp.certificate``). If ``S >= 0`` the low-rank
+point is optimal for the full SDP; otherwise the eigenvector ``q`` of its most negative eigenvalue is a
+descent direction of rank one, ``V <- [V, eps q]``, and the rank grows. Either way the reported bound is
+``certificate.certify`` of the multipliers: nothing here is trusted.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from .certificate import Certificate, certify, dual_matrix, schur_h
+from .problem import QCQP
+
+
+@dataclass(frozen=True)
+class BMOptions:
+    """``rank``: initial number of columns of ``V``; ``max_rank``: the escape stops there; ``outer``/``inner``:
+    augmented-Lagrangian rounds and L-BFGS iterations per round; ``tol``: relative gap between the primal
+    value and the certified bound at which to stop; ``check_every``: rounds between certificates."""
+
+    rank: int = 4
+    max_rank: int = 32
+    outer: int = 120
+    inner: int = 300
+    rho: float = 10.0
+    rho_max: float = 1e4
+    tol: float = 1e-4
+    check_every: int = 5
+
+
+@dataclass
+class BMResult:
+    lam: np.ndarray
+    certificate: Certificate | None
+    primal: float
+    rank: int
+    rounds: int
+    escapes: int
+    stats: dict = field(default_factory=dict)
+
+
+class BMSDP:
+    """The low-rank solver of one ``QCQP`` (compiled once; ``solve(obj)`` per objective)."""
+
+    def __init__(self, problem: QCQP, device: str | torch.device = "cpu"):
+        self.problem = problem
+        self.device = torch.device(device)
+        dt = torch.float64
+        A = problem.A.tocsr()
+        self.A = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, dtype=torch.int64),
+                                         torch.as_tensor(A.indices, dtype=torch.int64),
+                                         torch.as_tensor(A.data, dtype=dt), size=A.shape, device=self.device)
+        self.pr = torch.as_tensor(problem.pr, device=self.device)
+        self.pc = torch.as_tensor(problem.pc, device=self.device)
+        self.mag = torch.as_tensor(np.where(problem.mag > 0, problem.mag, 1.0), dtype=dt, device=self.device)
+
+    def _p(self, Y: torch.Tensor) -> torch.Tensor:
+        V = Y * self.mag[:, None]
+        return (V[self.pr] * V[self.pc]).sum(1)
+
+    def solve(self, obj: np.ndarray, options: BMOptions = BMOptions(), seconds: float = math.inf,
+              start: np.ndarray | None = None, lam0: np.ndarray | None = None) -> BMResult:
+        """Multipliers for ``min obj . p``; ``start``: a point ``x`` (``n`` values) to start from (e.g. a forward
+        pass at the input's centre); ``lam0``: warm-start multipliers."""
+        t0 = time.perf_counter()
+        dev, dt = self.device, torch.float64
+        prob = self.problem
+        n1 = prob.n + 1
+        c = torch.as_tensor(obj, dtype=dt, device=dev)
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        Y = 0.1 * torch.randn(n1, options.rank, generator=gen, dtype=dt).to(dev) / math.sqrt(options.rank)
+        Y[0] = 0.0
+        Y[0, 0] = 1.0
+        if start is not None:
+            Y[1:, 0] = torch.as_tensor(start, dtype=dt, device=dev) / self.mag[1:]
+        lam = torch.zeros(prob.m, dtype=dt, device=dev) if lam0 is None else torch.as_tensor(lam0, dtype=dt, device=dev)
+        mu = torch.zeros((), dtype=dt, device=dev)
+        rho = options.rho
+        best: Certificate | None = None
+        best_lam = lam.cpu().numpy()
+        viol_prev = math.inf
+        escapes = 0
+        primal = math.nan
+        rounds = 0
+        for rounds in range(1, options.outer + 1):
+            Y = Y.detach().requires_grad_(True)
+            opt = torch.optim.LBFGS([Y], lr=1.0, max_iter=options.inner, history_size=30,
+                                    line_search_fn="strong_wolfe", tolerance_grad=1e-11, tolerance_change=1e-14)
+
+            def closure():
+                opt.zero_grad()
+                p = self._p(Y)
+                g = torch.mv(self.A, p)
+                h = p[0] - 1.0
+                loss = c @ p + 0.5 / rho * (torch.clamp(lam + rho * g, min=0) ** 2).sum() + mu * h + 0.5 * rho * h * h
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            with torch.no_grad():
+                p = self._p(Y)
+                g = torch.mv(self.A, p)
+                h = p[0] - 1.0
+                lam = torch.clamp(lam + rho * g, min=0)
+                mu = mu + rho * h
+                viol = max(float(g.clamp(min=0).max()) if g.numel() else 0.0, abs(float(h)))
+                primal = float(c @ p / p[0])
+            if viol > 0.5 * viol_prev:
+                rho = min(rho * 2, options.rho_max)
+            viol_prev = viol
+            last = rounds == options.outer or time.perf_counter() - t0 > seconds
+            if rounds % options.check_every == 0 or last:
+                lam_np = lam.cpu().numpy()
+                cert = certify(prob, lam_np, obj)
+                if best is None or cert.bound > best.bound:
+                    best, best_lam = cert, lam_np
+                gap = primal - best.bound
+                if gap <= options.tol * (1 + abs(primal)) or last:
+                    break
+                if cert.lambda_min < -1e-4 and viol < 1e-4 and Y.shape[1] < min(options.max_rank, n1):
+                    q = _escape_direction(prob, lam_np, obj)
+                    if q is not None:  # a rank-one descent direction: V <- [V, eps q]
+                        col = torch.as_tensor(q, dtype=dt, device=dev) / self.mag
+                        Y = torch.cat([Y.detach(), 1e-3 * col[:, None] / max(float(col.abs().max()), 1e-30)], 1)
+                        escapes += 1
+        return BMResult(best_lam, best, primal, Y.shape[1], rounds, escapes,
+                        {"time": time.perf_counter() - t0, "rho": rho})
+
+
+def _escape_direction(problem: QCQP, lam: np.ndarray, obj: np.ndarray) -> np.ndarray | None:
+    """The eigenvector of the most negative eigenvalue of the dual slack matrix (Schur-complement ``h`` at 0)."""
+    M, _ = dual_matrix(problem, np.maximum(lam, 0.0), obj)
+    h, _ = schur_h(M)
+    M[0, 0] = h
+    try:
+        w, Q = scipy.linalg.eigh(M, subset_by_index=[0, 0])
+    except (np.linalg.LinAlgError, ValueError):
+        return None
+    return Q[:, 0] if w[0] < 0 else None
