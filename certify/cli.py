@@ -17,30 +17,14 @@ import json
 import math
 import sys
 import time
-from enum import IntEnum
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
+from .cli_common import (EXIT_CODES_HELP, ExitCode, Progress, Usage as _Usage, check_device,  # noqa: F401
+                         check_output_paths, parse_shape as _parse_shape, table as _table,
+                         write_output as _write_output)
 from .errors import CertifyError
-
-EXIT_CODES_HELP = """exit codes:
-  0  all properties proved
-  1  at least one property falsified (each with a counterexample replayed on the model's own runtime)
-  2  usage error
-  3  no property falsified, at least one unknown (timeout or bounds too loose)
-  4  bad input: unreadable model, unsupported operator, malformed VNN-LIB, shape mismatch, missing file
-  5  internal error (please report; --debug shows the traceback)"""
-
-
-class ExitCode(IntEnum):
-    PROVED = 0
-    FALSIFIED = 1
-    USAGE = 2
-    UNKNOWN = 3
-    INPUT_ERROR = 4
-    INTERNAL = 5
-
 
 VERIFY_EXAMPLES = """examples:
   certify verify net.onnx prop.vnnlib                      # one VNN-LIB property, method auto
@@ -150,9 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per instance on stdout, then a summary")
     s.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    from . import cli_audit, cli_smooth
+    from . import cli_audit, cli_smooth, cli_train
 
     cli_smooth.add_parsers(sub)
+    cli_train.add_parsers(sub)
     cli_audit.add_parsers(sub)
     b = sub.add_parser("backends", help="list verification backends and whether they are available")
     b.add_argument("--json", action="store_true")
@@ -160,15 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------------
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise CertifyError(f"--input-shape: expected integers like 1,28,28, got {text!r}") from None
-
-
 def _robustness_properties(model, args) -> list:
     import torch
 
@@ -202,14 +178,68 @@ def _robustness_properties(model, args) -> list:
         spec = robustness(xi, [int(y[i])], eps, args.norm, n_classes=model.n_outputs, clip=clip)
         props.append(Property(f"{stem}[{i}] label={int(y[i])} eps={args.eps} norm={args.norm}", (spec,),
                               source=args.data))
-    return props
+    return props, (x, y)
 
 
-def _write_output(path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text)
-    except OSError as exc:
-        raise CertifyError(f"{path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+def _methods(text: str) -> list[str]:
+    """``--method``: one name, or several comma-separated (each checked before any work)."""
+    from . import registry
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods or len(set(methods)) != len(methods):
+        raise _Usage(f"--method: expected a backend name or distinct comma-separated names, got {text!r}")
+    for m in methods:
+        if m != "auto":
+            registry.get(m)  # an unknown or unavailable backend is an input error, before any work
+    return methods
+
+
+def _best_answers(per_method: dict, props: list) -> list:
+    """Per property, the most informative answer over the methods: a sound proof, else a replayed
+    counterexample, else the first method's unknown. A sound proof and a counterexample for the same
+    property would mean a bug in a backend: that is an internal error, never a silent pick."""
+    from .results import Guarantee, Verdict
+
+    best = []
+    for i, prop in enumerate(props):
+        answers = [(m, rs[i]) for m, (rs, _) in per_method.items()]
+        proved = [(m, r) for m, r in answers if r.verdict is Verdict.PROVED and r.guarantee is Guarantee.SOUND]
+        falsified = [(m, r) for m, r in answers if r.verdict is Verdict.FALSIFIED]
+        if proved and falsified:
+            raise RuntimeError(f"{prop.name}: {proved[0][0]} proved it but {falsified[0][0]} found a counterexample")
+        pick = proved or falsified or [(m, r) for m, r in answers if r.verdict is Verdict.PROVED] or answers
+        best.append(pick[0][1])
+    return best
+
+
+def _accuracy_summary(model, labelled, per_method: dict) -> dict:
+    """Clean accuracy on the model's own runtime; per method, certified accuracy (sound proofs: a lower bound
+    on robust accuracy) and the share not falsified (every falsification is a replayed counterexample: an
+    upper bound); ``pgd_upper_bound`` is the tightest of those upper bounds."""
+    import numpy as np
+
+    from .results import Guarantee, Verdict
+
+    x, y = labelled
+    logits = model.reference(np.asarray(x).reshape(len(y), *model.input_shape))
+    n = len(y)
+    out = {"n": n, "clean": float(np.mean(np.argmax(logits, 1) == y)), "methods": {}}
+    for m, (rs, t) in per_method.items():
+        proved = sum(r.verdict is Verdict.PROVED and r.guarantee is Guarantee.SOUND for r in rs)
+        falsified = sum(r.verdict is Verdict.FALSIFIED for r in rs)
+        out["methods"][m] = {"certified": proved / n, "not_falsified": (n - falsified) / n, "proved": proved,
+                             "falsified": falsified, "unknown": n - proved - falsified, "time_s": round(t, 3)}
+    out["pgd_upper_bound"] = min(v["not_falsified"] for v in out["methods"].values())
+    return out
+
+
+def _accuracy_table(acc: dict, args) -> str:
+    rows = [[m, f"{v['certified']:.3f}", f"{v['not_falsified']:.3f}", str(v["unknown"]), f"{v['time_s']:.1f}"]
+            for m, v in acc["methods"].items()]
+    head = (f"accuracy on {acc['n']} inputs at eps {args.eps} (norm {args.norm}): clean {acc['clean']:.3f}, "
+            f"attack (upper bound on robust accuracy) {acc['pgd_upper_bound']:.3f}")
+    return head + "\n" + _table(rows, ["method", "certified (lower bound)", "not falsified (upper bound)",
+                                         "unknown", "time_s"])
 
 
 def _write_error_result(args) -> None:
@@ -229,57 +259,9 @@ def _fmt_bound(result) -> str:
     return f"{low:+.4g}" if math.isfinite(low) else str(low)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def _check_memory_limit(value: float | None) -> None:
     if value is not None and not value > 0:
         raise CertifyError(f"--memory-limit: expected a positive number of MiB, got {value}")
-
-
-def check_output_paths(*targets: tuple[str, str | None]) -> None:
-    """``(flag, path)`` pairs: a path whose directory does not exist is an input error before any work."""
-    for flag, target in targets:
-        if target and not Path(target).resolve().parent.is_dir():
-            raise CertifyError(f"{flag} {target}: directory {Path(target).parent} does not exist")
-
-
-class Progress:
-    """A progress bar on stderr when it is a terminal and ``enabled``; otherwise it does nothing."""
-
-    def __init__(self, total: int | None, unit: str, enabled: bool = True):
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
-
-    def step(self, note: str = "") -> None:
-        if self._bar is not None:
-            if note:
-                self._bar.set_postfix_str(note)
-            self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def check_device(name: str) -> None:
-    """An unknown or unavailable ``--device`` is an input error before any work."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CertifyError(f"--device: unknown device {name!r} (e.g. cpu, cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CertifyError(f"--device {name}: CUDA is not available in this torch installation")
 
 
 def cmd_verify(args) -> int:
@@ -297,12 +279,12 @@ def cmd_verify(args) -> int:
     _check_memory_limit(args.memory_limit)
     check_output_paths(("--out", args.out), ("--vnncomp-result", args.vnncomp_result))
     check_device(args.device)
-    if args.method != "auto":
-        from . import registry
-
-        registry.get(args.method)  # an unknown or unavailable backend is an input error, before any work
+    methods = _methods(args.method)
+    if len(methods) > 1 and (args.out or args.vnncomp_result):
+        raise _Usage("--out and --vnncomp-result record one method: give one --method")
     model = load_model(args.model, arch=args.arch, input_shape=_parse_shape(args.input_shape),
                        allow_unsafe_pickle=args.allow_unsafe_pickle)
+    labelled = None
     if args.specs:
         props = []
         for s in args.specs:
@@ -310,20 +292,25 @@ def cmd_verify(args) -> int:
             check_spec_fits(model, prop.n_inputs, prop.n_outputs, s)
             props.append(prop)
     else:
-        props = _robustness_properties(model, args)
+        props, labelled = _robustness_properties(model, args)
 
-    progress = Progress(len(props), "prop", enabled=len(props) > 1 and not args.json)
-    results = []
+    progress = Progress(len(props) * len(methods), "prop", enabled=len(props) * len(methods) > 1 and not args.json)
+    per_method: dict[str, tuple[list, float]] = {}
     t0 = time.perf_counter()
-    for prop in props:
-        r = api.verify(model, prop, args.method, timeout=args.timeout, device=args.device, attack=not args.no_attack,
-                       memory_mb=args.memory_limit, semantics=args.semantics)
-        results.append(r)
-        if args.json:
-            print(json.dumps({"source": prop.source, **r.to_dict()}), flush=True)
-        progress.step(r.verdict.value)
+    for method in methods:
+        results, t_method = [], time.perf_counter()
+        for prop in props:
+            r = api.verify(model, prop, method, timeout=args.timeout, device=args.device, attack=not args.no_attack,
+                           memory_mb=args.memory_limit, semantics=args.semantics)
+            results.append(r)
+            if args.json:
+                print(json.dumps({"source": prop.source, **({"requested": method} if len(methods) > 1 else {}),
+                                  **r.to_dict()}), flush=True)
+            progress.step(f"{method}: {r.verdict.value}" if len(methods) > 1 else r.verdict.value)
+        per_method[method] = (results, time.perf_counter() - t_method)
     progress.close()
     total = time.perf_counter() - t0
+    results = per_method[methods[0]][0] if len(methods) == 1 else _best_answers(per_method, props)
 
     counts = {v: sum(r.verdict is v for r in results) for v in Verdict}
     summary = {"proved": counts[Verdict.PROVED], "falsified": counts[Verdict.FALSIFIED],
@@ -332,6 +319,8 @@ def cmd_verify(args) -> int:
     probabilistic = sum(r.verdict is Verdict.PROVED and r.guarantee is Guarantee.PROBABILISTIC for r in results)
     if probabilistic:
         summary["proved_probabilistic"] = probabilistic
+    if labelled is not None:
+        summary["accuracy"] = _accuracy_summary(model, labelled, per_method)
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
@@ -345,6 +334,8 @@ def cmd_verify(args) -> int:
                 if probabilistic else "")
         print(f"\n{summary['proved']} proved{note}, {summary['falsified']} falsified, {summary['unknown']} unknown "
               f"of {summary['total']} in {total:.2f}s  (model {Path(args.model).name}, method {args.method}, semantics {args.semantics})")
+        if labelled is not None:
+            print("\n" + _accuracy_table(summary["accuracy"], args))
 
     if args.vnncomp_result:
         from .vnncomp import result_file_text
@@ -441,10 +432,6 @@ def cmd_backends(args) -> int:
     return ExitCode.PROVED
 
 
-class _Usage(Exception):
-    pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -452,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return ExitCode.USAGE
     from .cli_audit import cmd_audit, cmd_audit_mutations, cmd_audit_suite
-    from .cli_smooth import cmd_smooth, cmd_train
+    from .cli_smooth import cmd_smooth
+    from .cli_train import cmd_train
 
     handler = {"verify": cmd_verify, "bench": cmd_bench, "backends": cmd_backends, "smooth": cmd_smooth,
                "train": cmd_train, "audit": cmd_audit, "audit-suite": cmd_audit_suite,

@@ -93,7 +93,7 @@ def add_parsers(sub) -> None:
 
 def cmd_audit(args) -> int:
     from .audit.run import FAILURES, _verifier_list, audit, totals
-    from .cli import ExitCode, Progress, _table
+    from .cli_common import ExitCode, Progress, table as _table
 
     if args.timeout is not None and not args.timeout > 0:
         raise CertifyError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
@@ -130,7 +130,7 @@ def cmd_audit(args) -> int:
 
 def cmd_audit_mutations(args) -> int:
     from .audit.mutations import CATALOGUE, run_mutation_audit
-    from .cli import ExitCode, _table
+    from .cli_common import ExitCode, table as _table
 
     suite = Path(args.suite)
     if not (suite / "manifest.json").exists():
@@ -158,7 +158,7 @@ def cmd_audit_mutations(args) -> int:
 
 def cmd_audit_suite(args) -> int:
     from .audit.generate import GauntletOptions, generate_suite
-    from .cli import ExitCode
+    from .cli_common import ExitCode
 
     if args.family == "traps":
         from .audit.traps import generate_traps

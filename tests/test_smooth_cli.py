@@ -104,7 +104,7 @@ def test_noise_training_makes_the_base_classifier_robust_to_that_noise(capsys, t
     for sigma in ("0", "0.5"):
         out = tmp_path / f"m{sigma}.pt"
         code, stdout, err = cli(capsys, "train", "--data", "digits:train", "--arch", "certify.examples.digits:DigitsMLP",
-                                "--noise-sigma", sigma, "--epochs", "30", "--test", "digits:test", "--out", out)
+                                "--noise-sigma", sigma, "--epochs", "30", "--lr", "3e-3", "--test", "digits:test", "--out", out)
         assert code == 0, err
         ckpt = torch.load(out, weights_only=True)
         assert ckpt["training"]["noise_sigma"] == float(sigma) and ckpt["input_shape"] == [64]
@@ -133,7 +133,7 @@ def test_train_cnn_with_an_input_shape_and_onnx_export(capsys, tmp_path):
     (["--arch-kwargs", "{nope"], ["--arch-kwargs", "not JSON"]),
     (["--arch-kwargs", "[1]"], ["--arch-kwargs", "JSON object"]),
     (["--input-shape", "1,9,9"], ["--input-shape", "81", "64"]),
-    (["--noise-sigma", "-1"], ["noise sigma", "-1"]),
+    (["--noise-sigma", "-1"], ["--noise-sigma", "-1"]),
     (["--epochs", "0"], ["epochs"]),
     (["--arch", "certify.examples.digits:Nope"], ["Nope"]),
 ])
