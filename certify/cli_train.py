@@ -164,6 +164,9 @@ def cmd_train(args) -> int:
         evaluation = EvalSet(xt, yt, args.eps if args.eps > 0 else 0.0, methods)
 
     resume = None
+    import torch
+
+    torch.manual_seed(options.seed)  # the initial weights too: runs are reproducible on the CPU
     module = _import_arch(arch, arch_kwargs)
     if args.resume and Path(args.out).exists():
         ckpt = load_checkpoint(args.out)
