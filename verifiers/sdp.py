@@ -96,7 +96,7 @@ def sdp_row_bounds(model: Model, spec: Spec, options, budget: Budget, method: st
                 return certify(problem, lam, obj) if lam is not None else None
         else:
             bm = BMSDP(problem, options.device)
-            start = _start(chain)
+            start = problem.to_scaled(_start(chain))
 
             def solve(obj: np.ndarray) -> Certificate | None:
                 res = bm.solve(obj, options.bm, seconds=budget.remaining(), start=start)

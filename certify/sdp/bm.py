@@ -37,14 +37,15 @@ class BMOptions:
     augmented-Lagrangian rounds and L-BFGS iterations per round; ``tol``: relative gap between the primal
     value and the certified bound at which to stop; ``check_every``: rounds between certificates."""
 
-    rank: int = 4
-    max_rank: int = 32
-    outer: int = 120
+    rank: int = 12
+    max_rank: int = 40
+    outer: int = 30
     inner: int = 300
     rho: float = 10.0
     rho_max: float = 1e4
     tol: float = 1e-4
     check_every: int = 5
+    polish: int = 150
 
 
 @dataclass
@@ -130,13 +131,15 @@ class BMSDP:
             last = rounds == options.outer or time.perf_counter() - t0 > seconds
             if rounds % options.check_every == 0 or last:
                 lam_np = lam.cpu().numpy()
+                if options.polish:
+                    lam_np = polish_dual(prob, lam_np, obj, options.polish, max(1.0, seconds - (time.perf_counter() - t0)))
                 cert = certify(prob, lam_np, obj)
                 if best is None or cert.bound > best.bound:
                     best, best_lam = cert, lam_np
                 gap = primal - best.bound
-                if gap <= options.tol * (1 + abs(primal)) or last:
+                if (gap <= options.tol * (1 + abs(primal)) and viol < 1e-5) or last:
                     break
-                if cert.lambda_min < -1e-4 and viol < 1e-4 and Y.shape[1] < min(options.max_rank, n1):
+                if cert.lambda_min < -1e-6 and Y.shape[1] < min(options.max_rank, n1):
                     q = _escape_direction(prob, lam_np, obj)
                     if q is not None:  # a rank-one descent direction: V <- [V, eps q]
                         col = torch.as_tensor(q, dtype=dt, device=dev) / self.mag
@@ -156,3 +159,72 @@ def _escape_direction(problem: QCQP, lam: np.ndarray, obj: np.ndarray) -> np.nda
     except (np.linalg.LinAlgError, ValueError):
         return None
     return Q[:, 0] if w[0] < 0 else None
+
+
+def polish_dual(problem: QCQP, lam0: np.ndarray, obj: np.ndarray, iters: int = 200,
+                seconds: float = math.inf) -> np.ndarray:
+    """Multipliers improved by maximising the concave dual function the certificate evaluates,
+
+        phi(lambda, tau) = M_00 - m^T (R + tau I)^{-1} m - tau (T - 1),   lambda >= 0, tau >= 0,
+
+    (``M = G + sum_i lambda_i A_i`` with first row ``m`` and lower block ``R``; ``-tau ||y||^2 >= -tau (T - 1)``),
+    by L-BFGS-B from ``lam0``. Concave since ``m^T X^{-1} m`` is jointly convex in ``(m, X)``, ``X > 0``.
+    The result is only a candidate: ``certificate.certify`` checks it."""
+    import scipy.optimize
+
+    t0 = time.perf_counter()
+    dt = torch.float64
+    n1 = problem.n + 1
+    A = problem.A.tocsc()
+    AT = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, dtype=torch.int64), torch.as_tensor(A.indices, dtype=torch.int64),
+                                 torch.as_tensor(A.data, dtype=dt), size=(A.shape[1], A.shape[0]))
+    pr, pc = torch.as_tensor(problem.pr), torch.as_tensor(problem.pc)
+    off = pr != pc
+    c = torch.as_tensor(obj, dtype=dt)
+    T1 = problem.trace_bound() - 1.0
+    eye = torch.eye(n1 - 1, dtype=dt)
+    M0 = dual_matrix(problem, np.maximum(lam0, 0), obj)[0]
+    w = scipy.linalg.eigvalsh(M0[1:, 1:]) if n1 > 1 else np.zeros(1)
+    tau0 = max(0.0, -float(w[0])) * 1.5 + 1e-10
+    scale = max(1.0, float(np.abs(M0).max()))
+
+    lam0 = np.maximum(lam0, 0)
+    sig = torch.ones(lam0.size + 1, dtype=dt)
+
+    def fg(z: np.ndarray):
+        zt = torch.tensor(z, dtype=dt, requires_grad=True)
+        v = zt * sig
+        lam, tau = v[:-1], v[-1]
+        vals = c + torch.mv(AT, lam)
+        half = torch.where(off, vals / 2, vals)
+        M = torch.zeros(n1, n1, dtype=dt).index_put((pr, pc), half)
+        M = M + torch.triu(M, 1).T
+        R = M[1:, 1:] + tau * eye
+        L, info = torch.linalg.cholesky_ex(R)
+        if int(info) != 0:
+            return 1e6 * scale, np.zeros_like(z)
+        y = torch.linalg.solve_triangular(L, M[1:, :1], upper=False)
+        phi = M[0, 0] - (y * y).sum() - tau * T1
+        (-phi).backward()
+        return float(-phi), zt.grad.numpy().astype(np.float64)
+
+    z0 = np.concatenate([lam0, [tau0]]) / sig.numpy()
+    bounds = [(0, None)] * z0.size
+    best = z0
+    try:
+        res = scipy.optimize.minimize(fg, z0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                      options={"maxiter": iters, "maxfun": 2 * iters, "ftol": 1e-15, "gtol": 1e-12},
+                                      callback=lambda zk: _stop(t0, seconds))
+        best = res.x
+    except _Timeout:
+        pass
+    return np.maximum(best[:-1] * sig.numpy()[:-1], 0)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _stop(t0: float, seconds: float) -> None:
+    if time.perf_counter() - t0 > seconds:
+        raise _Timeout

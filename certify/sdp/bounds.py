@@ -37,12 +37,15 @@ def _up(x: float) -> float:
 
 def scaled_objective(problem: QCQP, g: np.ndarray) -> tuple[np.ndarray, int]:
     """``(obj, e)``: the pattern objective of ``g 2^e`` with ``max |g_r| mag_r 2^e`` about 1 (exact), and ``e``."""
-    size = float(np.max(np.abs(g) * problem.mag[problem.out], initial=0.0))
+    size = float(np.max(np.abs(g) * np.ldexp(problem.mag[problem.out], problem.exp[problem.out]), initial=0.0))
     e = -math.frexp(size)[1] if size > 0 else 0
     gs = np.ldexp(g, e)
     if not np.array_equal(np.ldexp(gs, -e), g) or np.any((gs != 0) & (np.abs(gs) < TINY)):
         e, gs = 0, g
-    return problem.objective(gs), e
+    try:
+        return problem.objective(gs), e
+    except ValueError:
+        return problem.objective(g), 0
 
 
 def row_bound(chain: Chain, problem: QCQP, solve: Solve, c: np.ndarray, d: float) -> tuple[float, Certificate | None]:
@@ -50,7 +53,7 @@ def row_bound(chain: Chain, problem: QCQP, solve: Solve, c: np.ndarray, d: float
     W, bo, E = chain.out.W.numpy(), chain.out.b.numpy(), chain.out.E.numpy()
     k = c.size
     g = W.T @ c
-    m_K = problem.mag[problem.out]
+    m_K = np.ldexp(problem.mag[problem.out], problem.exp[problem.out])  # x's magnitude (mag is y's)
     absc = np.abs(c)
     g_err = gamma(k + 1, torch.float64) * float((np.abs(W).T @ absc) @ m_K)
     cb = float(c @ bo)

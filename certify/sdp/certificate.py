@@ -159,20 +159,24 @@ def schur_h(M: np.ndarray) -> tuple[float, float]:
     return float(M[0, 0]), math.inf
 
 
-def certify(problem: QCQP, lam: np.ndarray, obj: np.ndarray) -> Certificate:
+def certify(problem: QCQP, lam: np.ndarray, obj: np.ndarray, h: float | None = None) -> Certificate:
     """The certified lower bound of ``min obj . p`` over every actual evaluation, from multipliers ``lam``
-    (one per row of ``problem.A``; see the module docstring)."""
+    (one per row of ``problem.A``; see the module docstring); ``h``: the split of ``M_00`` (default: the
+    Schur complement; any value is sound)."""
     lam = np.where(np.isfinite(lam), np.maximum(np.asarray(lam, dtype=np.float64), 0.0), 0.0)
     M, err = dual_matrix(problem, lam, obj)
     if not np.isfinite(M).all():
         return Certificate(-math.inf, -math.inf, -math.inf, math.inf, math.inf)
     mag = problem.mag
     delta = float(upper(np.sum(err * mag[problem.pr] * mag[problem.pc]), err.size + 2))
-    h, tau = schur_h(M)
+    if h is None:
+        h, tau = schur_h(M)
+    else:
+        tau = None
     H = M.copy()
     H[0, 0] = h
     mu = _down(M[0, 0] - h)
-    s = lambda_min_lower(H, estimate=-tau if math.isfinite(tau) else None)
+    s = lambda_min_lower(H, estimate=-tau if tau is not None and math.isfinite(tau) else None)
     T = problem.trace_bound()
     value = mu
     if s < 0:

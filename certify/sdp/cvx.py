@@ -42,6 +42,8 @@ class CvxSDP:
         if math.isfinite(time_limit):
             opts = {"time_limit": max(float(time_limit), 0.1)} if self.solver == "CLARABEL" else \
                 {"time_limit_secs": max(float(time_limit), 0.1)}
+        if self.solver == "CLARABEL":  # tighter than its defaults (1e-8): the certificate pays for every digit
+            opts.update(tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11, tol_ktratio=1e-9, max_iter=400)
         if self.solver == "SCS":
             opts.update(eps_abs=1e-7, eps_rel=1e-7, max_iters=200000)
         try:

@@ -24,7 +24,13 @@ value is bounded (one rounding: ``2 u |value| + tiny``; three: ``gamma_4``) and 
 monomial's magnitude from the boxes (``|x_r x_c| <= m_r m_c``); the sum, the row's *slack*, is an upper
 bound on how much the float constraint can exceed the exact one, so ``<A~_i, w w^T> + kappa~_i - slack_i <= 0``
 holds for every actual ``w``. The constant is stored at ``P_00`` rounded down (``down(kappa~ - slack)``),
-so the float row is valid in exact arithmetic. Rows are then scaled by powers of two (exact, checked).
+so the float row is valid in exact arithmetic.
+
+Scaling (exact, checked). Each variable is divided by a power of two ``s_r >= mag_r`` (``x_r = s_r y_r``,
+``s_0 = 1``): position ``(r, c)``'s coefficients are multiplied by ``s_r s_c``, and ``|y_r| <= mag_r / s_r <= 1``,
+so every quantity the solvers and the certificate see is of order one whatever the network's magnitudes
+(a bias of ``1e8`` would otherwise make ``trace(P)`` ~ ``1e16``). Rows are then scaled by powers of two too.
+If a scaled coefficient would leave the normal range, nothing is scaled (``s = 1``).
 """
 from __future__ import annotations
 
@@ -73,6 +79,7 @@ class QCQP:
     kind: np.ndarray
     offsets: list[int]
     pos_first_row: np.ndarray  # position of (0, r) for r = 0..n
+    exp: np.ndarray  # the variables' scales s_r = 2^exp[r]: the program is in y = x / s
 
     @property
     def m(self) -> int:
@@ -83,10 +90,18 @@ class QCQP:
         return float(upper(np.sum(self.mag**2), self.n + 1))
 
     def objective(self, g: np.ndarray) -> np.ndarray:
-        """Pattern coefficients of the linear objective ``g^T x_K``."""
+        """Pattern coefficients of the linear objective ``g^T x_K`` (in the scaled variables: ``g_r s_r``;
+        ``ValueError`` if that is not exact)."""
         obj = np.zeros(self.pr.size)
-        obj[self.pos_first_row[self.out]] = g
+        gs = np.ldexp(g, self.exp[self.out])
+        if not np.array_equal(np.ldexp(gs, -self.exp[self.out]), g) or np.any((gs != 0) & (np.abs(gs) < TINY)):
+            raise ValueError("objective coefficients out of the exactly scalable range")
+        obj[self.pos_first_row[self.out]] = gs
         return obj
+
+    def to_scaled(self, x: np.ndarray) -> np.ndarray:
+        """``y = x / s`` for a point ``x`` of the ``n`` variables (no rounding beyond the normal range)."""
+        return np.ldexp(x, -self.exp[1:])
 
 
 class _Rows:
@@ -203,9 +218,26 @@ def build(chain: Chain, l2: tuple[np.ndarray, float] | None = None) -> QCQP:
     A = sparse.csr_matrix((v, (row, pos)), shape=(rows.m, uniq.size))
     if A.nnz != v.size:
         raise AssertionError("a constraint states one position twice")
+    A, mag, exp = _scale_variables(A, pr, pc, mag)
     A = _scale_rows(A, mag[pr] * mag[pc])
     first = inv[: n + 1]
-    return QCQP(n, pr, pc, A, mag, offsets[-1] + np.arange(sizes[-1]), np.array(rows.kind), offsets, first)
+    return QCQP(n, pr, pc, A, mag, offsets[-1] + np.arange(sizes[-1]), np.array(rows.kind), offsets, first, exp)
+
+
+def _scale_variables(A: sparse.csr_matrix, pr: np.ndarray, pc: np.ndarray, mag: np.ndarray):
+    """``x_r = 2^e_r y_r`` with ``2^e_r >= mag_r`` (module docstring): ``(A, mag of y, e)``."""
+    e = np.where(mag > 0, np.frexp(np.where(mag > 0, mag, 1.0))[1], 0)
+    e[0] = 0
+    col_e = (e[pr] + e[pc])[A.indices]
+    data = np.ldexp(A.data, col_e)
+    y_mag = np.ldexp(mag, -e)
+    exact = np.array_equal(np.ldexp(data, -col_e), A.data) and np.all(np.isfinite(data)) \
+        and not np.any((data != 0) & (np.abs(data) < TINY)) and np.array_equal(np.ldexp(y_mag, e), mag)
+    if not exact:
+        return A, mag, np.zeros_like(e)
+    A = A.copy()
+    A.data = data
+    return A, y_mag, e
 
 
 def _scale_rows(A: sparse.csr_matrix, term_mag: np.ndarray) -> sparse.csr_matrix:
