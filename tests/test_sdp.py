@@ -264,6 +264,39 @@ def _cancellation_model():
     return model, spec
 
 
+def test_every_row_holds_at_the_runtimes_own_values():
+    """The constraints, with their float coefficients and slacks, in exact rational arithmetic at the
+    float32 runtime's activations: a row that fails here would let the relaxation cut off an evaluation
+    the proof must cover. Large weights make the runtime's error visible (fails with E dropped)."""
+    semantics = "runtime"
+    net = _mlp(7, 3, [5, 4], 2, scale=300.0)
+    model = from_module(net, (3,))
+    model.graph = model.graph.with_semantics(semantics)
+    x = torch.rand(1, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ball = LpBall(x, torch.tensor([0.2], dtype=torch.float64), 2.0)
+    chain = lower_chain(model.graph, ball)
+    problem = build(chain, (x.reshape(-1).numpy(), 0.2))
+    A = problem.A.tocsr()
+    rows = [[(Fraction(float(v)), int(k)) for v, k in zip(A.data[A.indptr[i]:A.indptr[i + 1]],
+                                                            A.indices[A.indptr[i]:A.indptr[i + 1]])]
+            for i in range(A.shape[0])]
+    samples = ball.sample(30, generator=torch.Generator().manual_seed(2))[:, 0]
+    dtype = torch.float32
+    layers = [m.to(dtype) for m in net]
+    for xs in samples:
+        h = xs.to(dtype).reshape(1, -1)
+        vals = [h.double().reshape(-1)]
+        for layer in layers:
+            h = layer(h)
+            if isinstance(layer, torch.nn.ReLU):
+                vals.append(h.double().reshape(-1)[chain.hidden[len(vals) - 1].index])
+        w = [Fraction(1)] + [Fraction(float(v)) / Fraction(2) ** int(e)
+                             for v, e in zip(torch.cat(vals).tolist(), problem.exp[1:])]
+        p = [w[r] * w[c] for r, c in zip(problem.pr, problem.pc)]
+        for i, row in enumerate(rows):
+            assert sum(a * p[k] for a, k in row) <= 0, (problem.kind[i], semantics)
+
+
 @pytest.mark.parametrize("method", ["sdp", "sdp-bm"])
 def test_runtime_rounding_is_covered(method):
     model, spec = _cancellation_model()

@@ -79,13 +79,15 @@ def unsupported_reason(graph: Graph) -> str | None:
 
 @dataclass
 class Layer:
-    """``z = W x + b + e`` with ``|e| <= E`` and the engine's box ``[lower, upper]`` of ``z``."""
+    """``z = W x + b + e`` with ``|e| <= E`` and the engine's box ``[lower, upper]`` of ``z``; ``index``: which
+    neurons of the graph's tensor these are (the others were removed)."""
 
     W: Tensor
     b: Tensor
     E: Tensor
     lower: Tensor
     upper: Tensor
+    index: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -190,7 +192,7 @@ def lower_chain(graph: Graph, input_set: InputSet) -> Chain:
                 lo, hi = flat[src]
                 W = seg.matrix()
                 keep = hi > 0
-                hidden.append(Layer(W[keep], seg.b[keep], seg.D[keep], lo[keep], hi[keep]))
+                hidden.append(Layer(W[keep], seg.b[keep], seg.D[keep], lo[keep], hi[keep], torch.nonzero(keep)[:, 0]))
                 flush = boxes.perturbation.get(node.name)
                 D = flush.reshape(-1).clone() if flush is not None else torch.zeros_like(lo)
                 D[~keep] = 0.0  # a removed neuron outputs exactly 0
