@@ -27,7 +27,9 @@ from certify.models import from_module
 from certify.sets import Box
 from certify.training import EvalSet, TrainOptions, evaluate, train
 from certify.training.arch import CNN3, MLP, Normalize
-from certify.training.bounds import BoundModel, crown_ibp_margins, elided, ibp_margins, spec_rows
+from certify.training.bounds import (BoundModel, crown_ibp_margins, elided, fused_crown_ibp_loss, ibp_margin_bounds,
+                                     ibp_margins, spec_rows,
+                                     with_label_column)
 from certify.training.losses import LOSSES, Step, sabr_box
 from certify.training.schedule import EpsSchedule
 
@@ -103,6 +105,7 @@ def test_training_bounds_equal_the_sound_bounds_of_the_imported_model(seed):
             with sound_context():
                 boxes = compute_boxes(g64, s64.reshape(g64.input_shape), rnd, refine=False)
                 m_sound = crown_lower(g64, s64, C, torch.zeros(C.shape[:2], dtype=torch.float64), rnd, boxes=boxes)
+            m_sound = with_label_column(m_sound, y)
             assert (m_sound <= m_fast.double() + scale).all()
             assert torch.allclose(m_sound, m_fast.double(), atol=10 * scale)
 
@@ -259,3 +262,45 @@ def test_evaluation_agrees_with_sampling_and_with_the_sound_backends():
     out = evaluate(net, EvalSet(xt, yt, 0.02, ("ibp", "crown")), (1, 8, 8))
     assert out["ibp"] <= out["pgd"] <= out["clean"] and out["crown"] <= out["pgd"]
     assert out["clean"] > 0.5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_crown_ibp_loss_bounds_the_worst_sampled_loss_and_never_exceeds_ibps(seed):
+    gen = torch.Generator().manual_seed(seed)
+    for net in _nets(seed):
+        net.eval()
+        x = torch.rand(6, *net.input_shape, generator=gen)
+        K = net.body[-1].out_features
+        y = torch.randint(0, K, (6,), generator=gen)
+        box = _box(x, 0.04)
+        graph, _ = BoundModel(net, net.input_shape)(x)
+        with torch.no_grad():
+            lower, upper = ibp_margin_bounds(graph, box, y)
+            fused = fused_crown_ibp_loss(graph, box, y, lower, upper)
+            ibp_loss = torch.nn.functional.cross_entropy(-lower, y, reduction="none")
+            pts = _samples(box, 300, gen)
+            logits = net(pts.flatten(0, 1)).reshape(300, 6, K)
+            sampled = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(300), reduction="none")
+        worst = sampled.reshape(300, 6).max(0).values
+        assert (fused >= worst - 1e-4).all(), (fused, worst)
+        assert (fused <= ibp_loss + 1e-4).all()
+        assert (lower <= upper).all()
+
+
+def test_fused_loss_gradient_matches_finite_differences():
+    torch.manual_seed(3)
+    net = MLP((5,), n_classes=4, hidden=(6,)).double().train()
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
+    x = torch.rand(5, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    box = _box(x, 0.1)
+    bound = BoundModel(net, (5,))
+
+    def f(*ps):
+        with torch.nn.utils.stateless._reparametrize_module(net, dict(zip(names, ps))):
+            graph, _ = bound(x)
+            lower, upper = ibp_margin_bounds(graph, box, y)
+            return fused_crown_ibp_loss(graph, box, y, lower, upper)
+
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -45,6 +45,27 @@ class EvalSet:
     pgd_steps: int = 20
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc's allocator to keep freed memory mapped (no ``mmap`` for large blocks, no trimming).
+
+    A training step allocates and frees the same large tensors every batch (CROWN-IBP's coefficients are
+    ``[B, K, *layer]``); by default glibc returns each one to the system and page-faults it back on the next
+    batch. Measured on the CNN3 step: plain training 8.7 -> 6.0 ms, CROWN-IBP 257 -> 183 ms. Memory stays at
+    the peak of one step. A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+    mallopt(M_TOP_PAD, 1 << 26)
+
+
 def _tensor(x: np.ndarray, shape: tuple[int, ...], device: torch.device) -> Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(-1, *shape).to(device)
 
@@ -60,6 +81,7 @@ def train(module: nn.Module, x: np.ndarray, y: np.ndarray, input_shape: tuple[in
     ``on_batch(step_in_epoch, steps_per_epoch, eps)`` and ``on_epoch(stats)`` report progress; ``save(history,
     state)`` is called after every epoch with a resumable state, which ``resume`` takes back (same data and
     options: the run continues as if it had not stopped)."""
+    keep_freed_memory()
     torch.manual_seed(options.seed)
     device = torch.device(options.device)
     gen = torch.Generator(device="cpu").manual_seed(options.seed)

@@ -8,8 +8,10 @@ natural cross-entropy (the margins are shift-invariant).
 * ``ce``: cross-entropy. ``noise``: on ``x + N(0, sigma^2 I)`` (Cohen et al. 2019).
 * ``pgd``: on a PGD point of the eps-ball (Madry et al. 2018).
 * ``ibp``: ``kappa CE(f(x)) + (1 - kappa) CE(-m_IBP)`` (Gowal et al. 2018; last layer elided).
-* ``crown-ibp``: the same with ``m = beta m_CROWN-IBP + (1 - beta) m_IBP``, beta 1 -> 0 over the ramp
-  (Zhang et al. 2020); once beta is 0 the CROWN pass is skipped.
+* ``crown-ibp``: the same with the robust part ``beta L_CROWN-IBP + (1 - beta) CE(-m_IBP)``, beta 1 -> 0 over
+  the ramp (Zhang et al. 2020); ``L_CROWN-IBP`` is the loss-fusion bound of one CROWN row
+  (``bounds.fused_crown_ibp_loss``, Xu et al. 2020), or with ``loss_fusion=False`` ``CE(-m)`` over the K - 1
+  CROWN-IBP margins, K times the cost. Once beta is 0 the CROWN pass is skipped.
 * ``sabr``: ``CE(-m_IBP)`` over the small box of radius ``tau = lambda eps`` centred at a PGD point moved
   inside the ball (``clamp(x_adv, x - eps + tau, x + eps - tau)``), intersected with the data domain
   (Mueller et al. 2023): the box lies inside the eps-ball, so the loss still only sees the property's set.
@@ -32,7 +34,7 @@ from torch import Tensor, nn
 from ..engine.traverse import evaluate
 from ..sets import Box
 from .attack import pgd_ce
-from .bounds import BoundModel, crown_ibp_margins, ibp_margins
+from .bounds import BoundModel, crown_ibp_margins, fused_crown_ibp_loss, ibp_margin_bounds, ibp_margins
 from .regularisers import warmup_regulariser
 
 
@@ -118,14 +120,18 @@ def ibp(step: Step) -> tuple[Tensor, dict]:
 
 def crown_ibp(step: Step) -> tuple[Tensor, dict]:
     graph, logits = step.bound(step.x)
-    box, relus = step.ball(), []
-    m = ibp_margins(graph, box, step.y, relus)
+    box, relus, boxes = step.ball(), [], {}
+    lower, upper = ibp_margin_bounds(graph, box, step.y, relus, boxes)
+    robust = _robust_ce(lower, step.y)
     beta = 1.0 - step.progress
     if beta > 0 and step.eps > 0:
-        m = beta * crown_ibp_margins(graph, box, step.y) + (1 - beta) * m
+        if step.options.loss_fusion:  # one CROWN row bounding the loss itself (Xu et al. 2020)
+            robust = beta * fused_crown_ibp_loss(graph, box, step.y, lower, upper, boxes).mean() + (1 - beta) * robust
+        else:  # K - 1 rows, one per margin (Zhang et al. 2020 as published)
+            robust = _robust_ce(beta * crown_ibp_margins(graph, box, step.y, boxes) + (1 - beta) * lower, step.y)
     kappa = 1.0 - step.progress * (1.0 - step.options.kappa)
-    loss = kappa * F.cross_entropy(logits, step.y) + (1 - kappa) * _robust_ce(m, step.y)
-    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y), "cert": _certified(m)}
+    loss = kappa * F.cross_entropy(logits, step.y) + (1 - kappa) * robust
+    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y), "cert": _certified(lower)}
 
 
 def sabr_box(step: Step, adv: Tensor) -> Box:

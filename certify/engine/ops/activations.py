@@ -67,6 +67,8 @@ def _piecewise_relax(l: Tensor, u: Tensor, rnd: Rounding, alpha: Tensor | None, 
     ``[l, u]``; lower line ``a z`` through the origin, valid for any ``a`` in ``[neg_slope, 1]``: the
     optimisable ``alpha`` (alpha-CROWN), else CROWN's adaptive choice (1 if ``u >= -l``).
     """
+    if not rnd.sound and alpha is None and neg_slope == 0:
+        return _fast_relu_relax(l, u)
     unstable = (l < 0) & (u > 0)
     active = (l >= 0).to(l.dtype)
     stable_slope = active + (1 - active) * neg_slope
@@ -83,6 +85,18 @@ def _piecewise_relax(l: Tensor, u: Tensor, rnd: Rounding, alpha: Tensor | None, 
         a = alpha.clamp(min=neg_slope, max=1.0)
     lw = torch.where(_rows(unstable, alpha), a, _rows(stable_slope, alpha))
     return Relaxation(lw, torch.zeros_like(l), uw, ub)
+
+
+def _fast_relu_relax(l: Tensor, u: Tensor) -> Relaxation:
+    """CROWN's ReLU lines in fast mode (training, no rounding argument) without branches: with
+    ``l- = min(l, 0)`` and ``u+ = max(u, 0)`` the upper slope ``u+ / (u+ - l-)`` is 1 for active neurons, 0 for
+    inactive ones and the chord's for unstable ones, its intercept ``-l- * slope``; the lower slope is 1 where
+    ``u >= -l`` and ``u > 0``. The same lines as the general rule (but where ``l = u = 0``: slope 0, either is
+    valid), in five elementwise ops instead of a dozen, which matters when few rows follow (loss fusion)."""
+    neg, pos = l.clamp(max=0), u.clamp(min=0)
+    uw = pos / (pos - neg).clamp(min=torch.finfo(l.dtype).tiny)
+    lw = ((u + l >= 0) & (u > 0)).to(l.dtype)
+    return Relaxation(lw, torch.zeros_like(l), uw, -neg * uw)
 
 
 def _relu_relax(p: Params, l: Tensor, u: Tensor, rnd: Rounding, alpha: Tensor | None) -> Relaxation:

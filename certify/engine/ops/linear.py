@@ -38,6 +38,11 @@ def interval_pair(p: Params) -> tuple[Tensor, Tensor]:
 
 
 def _linear_pair(p: Params, cw: Tensor) -> Tensor:
+    if "pair_weight" not in p:  # training graphs: stacking fresh weights every step costs more than it saves
+        b = p.get("bias")
+        centre = torch.addcmul(b, F.linear(cw[0], p["weight"]), cw.new_tensor(0.5)) if b is not None \
+            else 0.5 * F.linear(cw[0], p["weight"])
+        return torch.stack([centre, _linear_abs(p, cw[1])])
     weights, bias = interval_pair(p)
     if cw.dim() == 3:  # [2, B, n]: the common case, no reshapes
         return torch.baddbmm(bias, cw, weights)
