@@ -5,7 +5,8 @@
 (held-out inputs ``x`` in [0, 1] and labels ``y``) and a few robustness properties as VNN-LIB.
 
 Training mixes clean cross-entropy with the IBP worst-case cross-entropy of the project's own
-engine (Gowal et al. 2018) at a small radius, so that interval bounds can certify some properties.
+engine (Gowal et al. 2018) at a small radius, so that interval bounds can certify some properties
+(``certify train --loss ibp`` is the full recipe; this script keeps the shipped example reproducible).
 """
 from __future__ import annotations
 
@@ -59,31 +60,14 @@ def load_digits_split(seed: int = 0, n_test: int = 300) -> tuple[np.ndarray, np.
 
 
 def ibp_worst_logits(model: DigitsMLP, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """Worst-case logits from fast-mode IBP of the engine: lower bound for the label, upper for the rest."""
-    from certify.engine import interval_bounds
+    """Worst-case logits ``-m`` from the engine's fast-mode IBP margins ``m_j <= f_y - f_j`` over the clipped
+    eps-box (``certify.training.bounds``: the module's own parameters, so the loss stays differentiable)."""
     from certify.sets import Box
+    from certify.training.bounds import BoundModel, ibp_margins
 
-    graph = _graph_of(model)
+    graph, _ = BoundModel(model, INPUT_SHAPE)(x)
     box = Box((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
-    out = interval_bounds(graph, box)
-    onehot = torch.nn.functional.one_hot(y, N_CLASSES).bool()
-    return torch.where(onehot, out.lower, out.upper)
-
-
-def _graph_of(model: DigitsMLP):
-    """The engine graph sharing the module's parameters (so IBP stays differentiable)."""
-    from certify.graph import Graph, Node
-
-    nodes, prev, layers = [], "input", [m for m in model.net]
-    for i, layer in enumerate(layers):
-        out = f"t{i}"
-        if isinstance(layer, nn.Linear):
-            nodes.append(Node(f"fc{i}", "linear", (prev,), out, {"weight": layer.weight, "bias": layer.bias},
-                              (layer.out_features,)))
-        else:
-            nodes.append(Node(f"relu{i}", "relu", (prev,), out, {}, nodes[-1].shape))
-        prev = out
-    return Graph("input", INPUT_SHAPE, tuple(nodes), prev, (N_CLASSES,))
+    return -ibp_margins(graph, box, y)
 
 
 def train(epochs: int = 300, eps_train: float = 0.03, kappa: float = 0.5, seed: int = 0) -> tuple[DigitsMLP, dict]:

@@ -31,7 +31,7 @@ class TrainOptions:
     kappa: float = 0.0  # natural-loss weight at the end of the ramp (ibp, crown-ibp); 1 at its start
     sabr_lambda: float = 0.4
     alpha: float = 0.5  # cc-ibp / mtl-ibp: weight of the IBP part
-    loss_fusion: bool = True  # crown-ibp: one CROWN row bounding the loss (Xu et al. 2020), not K - 1 margins
+    loss_fusion: bool = False  # crown-ibp: one CROWN row bounding the loss (Xu et al. 2020) instead of K - 1 margins
     pgd_steps: int = 10
     attack_steps: int = 1
     noise_sigma: float = 0.0
