@@ -104,7 +104,7 @@ def _clip(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _arch(args, data: str, x, shape_arg) -> tuple[str, dict, tuple[int, ...]]:
+def _arch(args, data: str, x, n_classes: int, shape_arg) -> tuple[str, dict, tuple[int, ...]]:
     from .data import image_shape
     from .training.arch import ARCHS
 
@@ -122,7 +122,7 @@ def _arch(args, data: str, x, shape_arg) -> tuple[str, dict, tuple[int, ...]]:
         raise CertifyError(f"--input-shape {list(shape)} has {math.prod(shape)} values but each example of "
                            f"{data} has {x[0].size}")
     if name in ARCHS:  # built in: input shape, classes and the data's normalisation are part of the model
-        defaults = {"input_shape": list(shape), "n_classes": int(args._n_classes), "mean": float(x.mean()),
+        defaults = {"input_shape": list(shape), "n_classes": n_classes, "mean": float(x.mean()),
                     "std": float(x.std()) or 1.0}
         return ARCHS[name], {**defaults, **kwargs}, shape
     if ":" not in name:
@@ -156,8 +156,7 @@ def cmd_train(args) -> int:
         if m not in ("ibp", "crown"):
             raise CertifyError(f"--eval-methods: expected ibp and/or crown, got {m!r}")
     x, y = load_labelled(args.data)
-    args._n_classes = int(y.max()) + 1
-    arch, arch_kwargs, shape = _arch(args, args.data, x, parse_shape(args.input_shape))
+    arch, arch_kwargs, shape = _arch(args, args.data, x, int(y.max()) + 1, parse_shape(args.input_shape))
     test = args.test
     if test is None and args.data in BUILTIN and args.data.endswith(":train"):
         test = args.data.replace(":train", ":test")
