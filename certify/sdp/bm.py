@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,9 +68,11 @@ class BMSDP:
         self.device = torch.device(device)
         dt = torch.float64
         A = problem.A.tocsr()
-        self.A = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, dtype=torch.int64),
-                                         torch.as_tensor(A.indices, dtype=torch.int64),
-                                         torch.as_tensor(A.data, dtype=dt), size=A.shape, device=self.device)
+        with warnings.catch_warnings():  # torch: sparse CSR is "beta"
+            warnings.simplefilter("ignore")
+            self.A = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, dtype=torch.int64),
+                                             torch.as_tensor(A.indices, dtype=torch.int64),
+                                             torch.as_tensor(A.data, dtype=dt), size=A.shape, device=self.device)
         self.pr = torch.as_tensor(problem.pr, device=self.device)
         self.pc = torch.as_tensor(problem.pc, device=self.device)
         self.mag = torch.as_tensor(np.where(problem.mag > 0, problem.mag, 1.0), dtype=dt, device=self.device)
@@ -176,8 +179,11 @@ def polish_dual(problem: QCQP, lam0: np.ndarray, obj: np.ndarray, iters: int = 2
     dt = torch.float64
     n1 = problem.n + 1
     A = problem.A.tocsc()
-    AT = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, dtype=torch.int64), torch.as_tensor(A.indices, dtype=torch.int64),
-                                 torch.as_tensor(A.data, dtype=dt), size=(A.shape[1], A.shape[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        AT = torch.sparse_csr_tensor(torch.as_tensor(A.indptr, dtype=torch.int64),
+                                     torch.as_tensor(A.indices, dtype=torch.int64),
+                                     torch.as_tensor(A.data, dtype=dt), size=(A.shape[1], A.shape[0]))
     pr, pc = torch.as_tensor(problem.pr), torch.as_tensor(problem.pc)
     off = pr != pc
     c = torch.as_tensor(obj, dtype=dt)
@@ -206,7 +212,7 @@ def polish_dual(problem: QCQP, lam0: np.ndarray, obj: np.ndarray, iters: int = 2
         y = torch.linalg.solve_triangular(L, M[1:, :1], upper=False)
         phi = M[0, 0] - (y * y).sum() - tau * T1
         (-phi).backward()
-        return float(-phi), zt.grad.numpy().astype(np.float64)
+        return float(-phi.detach()), zt.grad.numpy().astype(np.float64)
 
     z0 = np.concatenate([lam0, [tau0]]) / sig.numpy()
     bounds = [(0, None)] * z0.size
@@ -228,3 +234,4 @@ class _Timeout(Exception):
 def _stop(t0: float, seconds: float) -> None:
     if time.perf_counter() - t0 > seconds:
         raise _Timeout
+
