@@ -210,6 +210,24 @@ def _needs_bounds(graph: Graph) -> set[str]:
             if RULES[node.op].relax is not None or RULES[node.op].backward is not None}
 
 
+_MOVES = ("affine", "reshape", "transpose", "identity")  # elementwise or value-moving affine ops
+
+
+def _exact_under_ibp(graph: Graph, input_set: InputSet) -> set[str]:
+    """Tensors that IBP already bounds exactly, so that CROWN cannot tighten them: over a box, every value of
+    an affine map of the input is bounded exactly by interval arithmetic as long as the path from the input
+    mixes values once (one dense or convolution layer among elementwise scalings and moves). Over an L2 or L1
+    ball the box is looser than the ball, so nothing qualifies."""
+    if isinstance(input_set, LpBall) and input_set.p != math.inf:
+        return set()
+    mixes = {graph.input: 0}
+    for node in graph.nodes:
+        rule = RULES[node.op]
+        if len(node.inputs) == 1 and rule.linear and node.inputs[0] in mixes:
+            mixes[node.output] = mixes[node.inputs[0]] + (node.op not in _MOVES)
+    return {name for name, m in mixes.items() if m <= 1}
+
+
 def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True,
                   alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
                   intersect_ibp: bool = True) -> dict[str, Box]:
@@ -219,9 +237,12 @@ def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool
     layers after them (which is intersected with CROWN in turn). ``alphas[t]`` optionally gives lower
     slopes (rows ``+e_i`` then ``-e_i``) for the pass that bounds tensor ``t``; the bound with CROWN's
     own slopes is then computed too and the tighter one kept. ``intersect_ibp=False`` keeps CROWN's
-    bounds alone at those tensors (plain CROWN as published, and as auto_LiRPA computes it: looser)."""
+    bounds alone at those tensors (plain CROWN as published, and as auto_LiRPA computes it: looser).
+    Tensors IBP bounds exactly (``_exact_under_ibp``: the first layer over a box) are not refined: a CROWN pass
+    there costs as much as all the others of a two-layer CNN and gains at most rounding."""
     boxes = Boxes({graph.input: rnd.input_box(input_set.bounds())})
-    needs = _needs_bounds(graph) if refine else set()
+    needs = _needs_bounds(graph) - (set() if not intersect_ibp else _exact_under_ibp(graph, input_set)) \
+        if refine else set()
     for node in graph.nodes:
         boxes[node.output], E = node_box(node, [boxes[n] for n in node.inputs], rnd)
         if E is not None:
