@@ -10,6 +10,7 @@ def plot_history(history: Sequence, path: str | Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     epochs = [h.epoch for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -18,6 +19,7 @@ def plot_history(history: Sequence, path: str | Path, title: str = "") -> None:
     for key in [k for k in names if history and k in history[-1].eval]:
         ax.plot(epochs, [h.eval.get(key, float("nan")) for h in history], marker="o", ms=3, label=names[key])
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("accuracy on the held-out slice")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
