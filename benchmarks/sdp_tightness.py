@@ -37,7 +37,7 @@ from verifiers.milp import MILPSolver  # noqa: E402
 from verifiers.sdp import _start  # noqa: E402
 
 warnings.filterwarnings("ignore")
-EPS_GRID = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1)
+EPS_GRID = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2)
 
 NETS = {
     "digits16": ("digits", [16, 16], 0.1, 20),
@@ -96,7 +96,7 @@ def choose_eps(model, net, x, y) -> tuple[float, np.ndarray]:
 def run_net(key: str, points: int, bm_seconds: float) -> dict:
     data, widths, train_eps, epochs = NETS[key]
     xtr, ytr, xte, yte = digits() if data == "digits" else mnist5k()
-    net = train_pgd(f"{data}_{widths[0]}x{len(widths)}", xtr, ytr, widths, train_eps, epochs)
+    net = train_pgd(f"{data}v2_{widths[0]}x{len(widths)}", xtr, ytr, widths, train_eps, epochs)
     model = from_module(net, (xtr.shape[1],))
     eps, _ = choose_eps(model, net, xte, yte)
     x, y = xte[:points], yte[:points]
