@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 LOSSES = ("ce", "pgd", "ibp", "crown-ibp", "sabr", "cc-ibp", "mtl-ibp")
@@ -41,37 +40,20 @@ def ensure_data(name: str) -> None:
 
 
 def certify_points(module, shape, x, y, eps, timeout, n_classes):
-    """Counts over the points: clean, PGD-robust, proved (IBP / CROWN batched, then auto per point)."""
+    """Shares of the points: clean, PGD-robust, proved by IBP (batched, ``evaluate_points``), then by auto."""
     from certify import api
-    from certify.bounding import BoundOptions
-    from certify.budget import Budget
     from certify.models import from_module
-    from certify.registry import get
     from certify.results import Verdict
     from certify.spec import Property, robustness
-    from certify.training.attack import pgd_ce
+    from certify.training import EvalSet
+    from certify.training.loop import evaluate_points
 
-    module.eval()
-    xt = torch.as_tensor(x, dtype=torch.float32).reshape(-1, *shape)
-    yt = torch.as_tensor(y)
-    with torch.no_grad():
-        clean = module(xt).argmax(1) == yt
-    adv = pgd_ce(module, xt, yt, eps, 20, 2.5 * eps / 20, (0.0, 1.0), torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        robust = module(adv).argmax(1) == yt
+    t0 = time.perf_counter()
+    points = evaluate_points(module, EvalSet(x, y, eps, ("ibp",)), shape)
     model = from_module(module, shape)
-    t0 = time.perf_counter()
-    proved_ibp = torch.zeros(len(y), dtype=torch.bool)
-    for start in range(0, len(y), 100):
-        sl = slice(start, start + 100)
-        spec = robustness(torch.as_tensor(x[sl], dtype=torch.float64), yt[sl], eps, "inf", n_classes=n_classes,
-                          clip=(0.0, 1.0), shape=shape)
-        proved_ibp[sl] = (get("ibp").row_bounds(model, spec, BoundOptions(attack=False), Budget()) > 0).all(1)
-    t_batched = time.perf_counter() - t0
-    auto = proved_ibp.clone()
+    auto = points["ibp"].clone()
     falsified = torch.zeros(len(y), dtype=torch.bool)
-    t0 = time.perf_counter()
-    undecided = [i for i in range(len(y)) if not auto[i] and bool(robust[i])]
+    undecided = [i for i in range(len(y)) if not auto[i] and bool(points["pgd"][i])]
     methods: dict[str, int] = {}
     for i in undecided:
         spec = robustness(torch.as_tensor(x[i:i + 1], dtype=torch.float64), [int(y[i])], eps, "inf",
@@ -81,12 +63,10 @@ def certify_points(module, shape, x, y, eps, timeout, n_classes):
         falsified[i] = r.verdict is Verdict.FALSIFIED
         if auto[i]:
             methods[r.method] = methods.get(r.method, 0) + 1
-    t_auto = time.perf_counter() - t0
-    n = len(y)
-    return {"n": n, "clean": float(clean.float().mean()), "pgd": float(robust.float().mean()),
-            "ibp": float(proved_ibp.float().mean()), "auto": float(auto.float().mean()),
-            "auto_proved_by": methods, "auto_falsified_after_pgd": int(falsified.sum()),
-            "auto_undecided_points": len(undecided), "cert_time_s": round(t_batched + t_auto, 1)}
+    share = {k: float(v.float().mean()) for k, v in points.items()}
+    return {"n": len(y), **share, "auto": float(auto.float().mean()), "auto_proved_by": methods,
+            "auto_falsified_after_pgd": int(falsified.sum()), "auto_undecided_points": len(undecided),
+            "cert_time_s": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_common import (EXIT_CODES_HELP, ExitCode, Progress, Usage as _Usage, check_device,  # noqa: F401
-                         check_output_paths, parse_shape as _parse_shape, table as _table,
+                         check_output_paths, parse_clip, parse_shape as _parse_shape, table as _table,
                          write_output as _write_output)
 from .errors import CertifyError
 
@@ -162,15 +162,7 @@ def _robustness_properties(model, args) -> list:
     if x[0].size != model.n_inputs:
         raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
                          model.n_inputs, x[0].size)
-    clip = None
-    if args.clip:
-        try:
-            lo, hi = (float(s) for s in args.clip.split(","))
-        except ValueError:
-            raise CertifyError(f"--clip: expected LO,HI such as 0,1, got {args.clip!r}") from None
-        if not lo <= hi:
-            raise CertifyError(f"--clip: LO must not exceed HI, got {args.clip!r}")
-        clip = (lo, hi)
+    clip = parse_clip(args.clip) if args.clip else None
     stem = Path(args.data).stem
     props = []
     for i in range(x.shape[0]):

@@ -38,6 +38,17 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise CertifyError(f"--input-shape: expected integers like 1,28,28, got {text!r}") from None
 
 
+def parse_clip(text: str) -> tuple[float, float]:
+    """``--clip LO,HI``: the input domain, ``LO <= HI``."""
+    try:
+        lo, hi = (float(s) for s in text.split(","))
+    except ValueError:
+        raise CertifyError(f"--clip: expected LO,HI such as 0,1, got {text!r}") from None
+    if not lo <= hi:
+        raise CertifyError(f"--clip: LO must not exceed HI, got {text!r}")
+    return lo, hi
+
+
 def write_output(path: str, text: str) -> None:
     try:
         Path(path).write_text(text)

@@ -96,14 +96,6 @@ def add_parsers(sub) -> None:
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _clip(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(s) for s in text.split(","))
-    except ValueError:
-        raise CertifyError(f"--clip: expected LO,HI such as 0,1, got {text!r}") from None
-    return lo, hi
-
-
 def _arch(args, data: str, x, n_classes: int, shape_arg) -> tuple[str, dict, tuple[int, ...]]:
     from .data import image_shape
     from .training.arch import ARCHS
@@ -131,7 +123,9 @@ def _arch(args, data: str, x, n_classes: int, shape_arg) -> tuple[str, dict, tup
 
 
 def cmd_train(args) -> int:
-    from .cli_common import ExitCode, Progress, check_device, check_output_paths, parse_shape, table
+    import torch
+
+    from .cli_common import ExitCode, Progress, check_device, check_output_paths, parse_clip, parse_shape, table
     from .data import BUILTIN, load_labelled
     from .models import _import_arch
     from .training import EvalSet, TrainOptions, export_onnx, load_checkpoint, save_checkpoint, train
@@ -141,8 +135,6 @@ def cmd_train(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise CertifyError(f"--threads: expected a positive number, got {args.threads}")
-        import torch
-
         torch.set_num_threads(args.threads)
     loss = args.loss or ("noise" if args.noise_sigma > 0 else "ce")
     options = TrainOptions(loss=loss, eps=args.eps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -150,7 +142,7 @@ def cmd_train(args) -> int:
                            ramp_epochs=args.ramp_epochs, kappa=args.kappa, sabr_lambda=args.sabr_lambda,
                            alpha=args.alpha, loss_fusion=args.loss_fusion, pgd_steps=args.pgd_steps, attack_steps=args.attack_steps,
                            noise_sigma=args.noise_sigma, reg_lambda=args.reg_lambda, reg_tol=args.reg_tol,
-                           ibp_init=not args.no_ibp_init, clip=_clip(args.clip), seed=args.seed, device=args.device)
+                           ibp_init=not args.no_ibp_init, clip=parse_clip(args.clip), seed=args.seed, device=args.device)
     methods = tuple(m.strip() for m in args.eval_methods.split(",") if m.strip())
     for m in methods:
         if m not in ("ibp", "crown"):
@@ -161,13 +153,12 @@ def cmd_train(args) -> int:
     if test is None and args.data in BUILTIN and args.data.endswith(":train"):
         test = args.data.replace(":train", ":test")
     evaluation = None
-    if test and args.eval_size > 0:
-        xt, yt = load_labelled(test, args.eval_size)
-        evaluation = EvalSet(xt, yt, args.eps if args.eps > 0 else 0.0, methods)
+    if test:
+        xt, yt = load_labelled(test)
+        if args.eval_size > 0:
+            evaluation = EvalSet(xt[:args.eval_size], yt[:args.eval_size], args.eps, methods)
 
     resume = None
-    import torch
-
     torch.manual_seed(options.seed)  # the initial weights too: runs are reproducible on the CPU
     module = _import_arch(arch, arch_kwargs)
     if args.resume and Path(args.out).exists():
@@ -212,7 +203,6 @@ def cmd_train(args) -> int:
     if test:
         from .training import accuracy
 
-        xt, yt = load_labelled(test)
         info["test_accuracy"] = accuracy(module, xt, yt, shape)
         if options.noise_sigma > 0:
             info["test_accuracy_under_noise"] = accuracy(module, xt, yt, shape, options.noise_sigma, options.seed)

@@ -110,27 +110,29 @@ def test_training_bounds_equal_the_sound_bounds_of_the_imported_model(seed):
             assert torch.allclose(m_sound, m_fast.double(), atol=10 * scale)
 
 
+def _gradcheck(net: nn.Module, x: torch.Tensor, of_graph) -> bool:
+    """gradcheck in float64 of ``of_graph(graph, logits)`` (the graph built from ``x`` by ``BoundModel``) with
+    respect to every parameter of ``net``."""
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
+    bound = BoundModel(net, tuple(x.shape[1:]))
+
+    def f(*ps):
+        with torch.nn.utils.stateless._reparametrize_module(net, dict(zip(names, ps))):
+            return of_graph(*bound(x))
+
+    return torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
 def test_gradients_of_the_bounds_match_finite_differences():
     """gradcheck in float64 over every parameter of a small BatchNorm CNN (train mode: batch statistics)."""
     torch.manual_seed(0)
     net = CNN3((1, 6, 6), n_classes=3, width=0.25, mean=0.2, std=0.5).double().train()
-    names = [n for n, _ in net.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
     x = torch.rand(4, 1, 6, 6, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 1])
     box = _box(x, 0.05)
-    bound = BoundModel(net, (1, 6, 6))
-
-    def margins(kind):
-        def f(*ps):
-            with torch.nn.utils.stateless._reparametrize_module(net, dict(zip(names, ps))):
-                graph, logits = bound(x)
-                m = ibp_margins(graph, box, y) if kind == "ibp" else crown_ibp_margins(graph, box, y)
-                return torch.cat([m.flatten(), logits.flatten()])
-        return f
-
-    for kind in ("ibp", "crown-ibp"):
-        assert torch.autograd.gradcheck(margins(kind), params, eps=1e-6, atol=1e-5, rtol=1e-4)
+    for margins in (ibp_margins, crown_ibp_margins):
+        assert _gradcheck(net, x, lambda graph, logits: torch.cat([margins(graph, box, y).flatten(), logits.flatten()]))
 
 
 def test_batchnorm_in_training_mode_is_what_pytorch_computes():
@@ -290,17 +292,11 @@ def test_fused_crown_ibp_loss_bounds_the_worst_sampled_loss_and_never_exceeds_ib
 def test_fused_loss_gradient_matches_finite_differences():
     torch.manual_seed(3)
     net = MLP((5,), n_classes=4, hidden=(6,)).double().train()
-    names = [n for n, _ in net.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
     x = torch.rand(5, 5, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 3, 1])
     box = _box(x, 0.1)
-    bound = BoundModel(net, (5,))
 
-    def f(*ps):
-        with torch.nn.utils.stateless._reparametrize_module(net, dict(zip(names, ps))):
-            graph, _ = bound(x)
-            lower, upper = ibp_margin_bounds(graph, box, y)
-            return fused_crown_ibp_loss(graph, box, y, lower, upper)
+    def fused(graph, logits):
+        return fused_crown_ibp_loss(graph, box, y, *ibp_margin_bounds(graph, box, y))
 
-    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert _gradcheck(net, x, fused)

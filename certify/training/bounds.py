@@ -28,6 +28,7 @@ from ..errors import CertifyError
 from ..graph import Graph, Node
 from ..sets import Box
 from ..engine.crown import compute_boxes, crown_lower
+from ..engine.fp import FAST
 from ..engine.ibp import interval_bounds
 
 _SHAPE_FUNCS = {operator.getitem, getattr, operator.mul, operator.floordiv, operator.add}
@@ -133,7 +134,7 @@ class BoundModel:
                 p = {"weight": m.weight, "bias": m.bias, "stride": m.stride, "padding": m.padding,
                      "dilation": m.dilation, "groups": m.groups}
                 return "conv2d", p, m(x)
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if _is_batchnorm(m):
                 p = _batchnorm(m, x)
                 return "affine", p, x * p["scale"] + p["shift"]
             if isinstance(m, nn.ReLU):
@@ -189,21 +190,27 @@ def _batchnorm(m: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return {"scale": scale.reshape(shape), "shift": (beta - mean * scale).reshape(shape)}
 
 
+def other_classes(y: Tensor, n_classes: int) -> Tensor:
+    """``[B, K - 1]``: every class but ``y``, in order (the columns of ``spec_rows``)."""
+    others = torch.arange(n_classes - 1, device=y.device).unsqueeze(0)
+    return others + (others >= y.unsqueeze(1)).long()
+
+
 def spec_rows(y: Tensor, n_classes: int) -> Tensor:
     """``C`` ``[B, K - 1, K]`` with rows ``e_y - e_j`` for ``j != y``: the robustness spec's margins ``f_y - f_j``."""
     eye = torch.eye(n_classes, dtype=torch.float32, device=y.device)
-    others = torch.arange(n_classes - 1, device=y.device).unsqueeze(0)
-    others = others + (others >= y.unsqueeze(1)).long()  # [B, K - 1]: every class but y, in order
-    return eye[y].unsqueeze(1) - eye[others]
+    return eye[y].unsqueeze(1) - eye[other_classes(y, n_classes)]
 
 
 def with_label_column(m: Tensor, y: Tensor) -> Tensor:
     """``[B, K - 1]`` margins (classes ``j != y`` in order) -> ``[B, K]`` with ``m_y = 0``."""
     B, R = m.shape
-    full = m.new_zeros(B, R + 1)
-    mask = torch.ones(B, R + 1, dtype=torch.bool, device=m.device)
-    mask[torch.arange(B, device=m.device), y] = False
-    return full.masked_scatter(mask, m)
+    return m.new_zeros(B, R + 1).scatter(1, other_classes(y, R + 1), m)
+
+
+def drop_label_column(m: Tensor, y: Tensor) -> Tensor:
+    """``[B, K]`` -> ``[B, K - 1]`` without column ``y`` (the inverse of ``with_label_column``)."""
+    return m.gather(1, other_classes(y, m.shape[1]))
 
 
 def elided(graph: Graph) -> Graph:
@@ -253,9 +260,9 @@ def crown_ibp_margins(graph: Graph, box: Box, y: Tensor, boxes: dict | None = No
     intermediate tensor (``boxes``, or computed here), one CROWN backward pass from the spec rows (fast
     mode, differentiable)."""
     if boxes is None:
-        boxes = compute_boxes(graph, box, _FAST, refine=False)
+        boxes = compute_boxes(graph, box, FAST, refine=False)
     C = spec_rows(y, graph.n_outputs).to(box.lower.dtype)  # K - 1 rows: the label's own row is 0
-    m = crown_lower(graph, box, C, torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device), _FAST, boxes=boxes)
+    m = crown_lower(graph, box, C, torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device), FAST, boxes=boxes)
     return with_label_column(m, y)
 
 
@@ -288,19 +295,8 @@ def fused_crown_ibp_loss(graph: Graph, box: Box, y: Tensor, lower: Tensor, upper
     row = (a_others.unsqueeze(2) * C).sum(1, keepdim=True)  # sum_j a_j (e_y - e_j): [B, 1, K]
     d = torch.zeros(row.shape[:2], dtype=row.dtype, device=row.device)
     if boxes is None:
-        boxes = compute_boxes(graph, box, _FAST, refine=False)
-    lower_row = crown_lower(graph, box, row, d, _FAST, boxes=boxes)[:, 0]
+        boxes = compute_boxes(graph, box, FAST, refine=False)
+    lower_row = crown_lower(graph, box, row, d, FAST, boxes=boxes)[:, 0]
     # sum_j a_j (z_j - c) + b_j = sum_j a_j z_j + sum_j (b_j - a_j c), and sum_j a_j z_j <= -lower_row
     S = torch.minimum(-lower_row + (b - a * c).sum(1), s_u)
     return c[:, 0] + torch.log(s_u) - 1 + S / s_u
-
-
-def drop_label_column(m: Tensor, y: Tensor) -> Tensor:
-    """``[B, K]`` -> ``[B, K - 1]`` without column ``y`` (the inverse of ``with_label_column``)."""
-    B, K = m.shape
-    mask = torch.ones(B, K, dtype=torch.bool, device=m.device)
-    mask[torch.arange(B, device=m.device), y] = False
-    return m[mask].reshape(B, K - 1)
-
-
-from ..engine.fp import FAST as _FAST  # noqa: E402  (kept last: the engine imports nothing from here)

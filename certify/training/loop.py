@@ -33,6 +33,12 @@ class EpochStats:
         return {"epoch": self.epoch, "eps": self.eps, "loss": self.loss, "train_acc": self.train_acc,
                 "time_s": self.time_s, "lr": self.lr, **self.eval}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EpochStats":
+        """The inverse of ``to_dict`` (resumed runs)."""
+        keys = ("epoch", "eps", "loss", "train_acc", "time_s", "lr")
+        return cls(**{k: d[k] for k in keys}, eval={k: v for k, v in d.items() if k not in keys})
+
 
 @dataclass
 class EvalSet:
@@ -108,9 +114,7 @@ def train(module: nn.Module, x: np.ndarray, y: np.ndarray, input_shape: tuple[in
         sched.load_state_dict(resume["scheduler"])
         gen.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
-        history = [EpochStats(**{k: h[k] for k in ("epoch", "eps", "loss", "train_acc", "time_s", "lr")},
-                              eval={k: v for k, v in h.items() if k not in EpochStats.__dataclass_fields__})
-                   for h in resume["history"]]
+        history = [EpochStats.from_dict(h) for h in resume["history"]]
         start = len(history)
     for epoch in range(start, options.epochs):
         t0 = time.perf_counter()
@@ -154,8 +158,15 @@ def train(module: nn.Module, x: np.ndarray, y: np.ndarray, input_shape: tuple[in
 def evaluate(module: nn.Module, data: EvalSet, input_shape: tuple[int, ...],
              clip: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
     """Clean accuracy, PGD accuracy (an upper bound on robust accuracy) and, per method, the certified
-    accuracy (a lower bound) of ``module`` on the slice: the certificates are the sound backends' own row
-    bounds (float64, outward rounding, runtime semantics) on the model as ``certify verify`` imports it."""
+    accuracy (a lower bound) of ``module`` on the slice (the shares of ``evaluate_points``)."""
+    return {k: float(v.float().mean()) for k, v in evaluate_points(module, data, input_shape, clip).items()}
+
+
+def evaluate_points(module: nn.Module, data: EvalSet, input_shape: tuple[int, ...],
+                    clip: tuple[float, float] = (0.0, 1.0)) -> dict[str, Tensor]:
+    """Per point of the slice (boolean ``[N]``): correctly classified (``clean``), still correct after PGD
+    (``pgd``), and proved robust by each of ``data.methods``: the sound backends' own row bounds (float64,
+    outward rounding, runtime semantics) on the model as ``certify verify`` imports it."""
     from ..bounding import BoundOptions
     from ..budget import Budget
     from ..models import from_module
@@ -167,17 +178,17 @@ def evaluate(module: nn.Module, data: EvalSet, input_shape: tuple[int, ...],
     x = _tensor(data.x, input_shape, device)
     y = torch.as_tensor(data.y, dtype=torch.long, device=device)
     with torch.no_grad():
-        out = {"clean": float((module(x).argmax(1) == y).float().mean())}
+        out = {"clean": (module(x).argmax(1) == y).cpu()}
     if data.eps > 0:
         adv = pgd_ce(module, x, y, data.eps, data.pgd_steps, 2.5 * data.eps / data.pgd_steps, clip,
                      torch.Generator().manual_seed(0))
         with torch.no_grad():
-            out["pgd"] = float((module(adv).argmax(1) == y).float().mean())
+            out["pgd"] = (module(adv).argmax(1) == y).cpu()
         model = from_module(module.cpu(), input_shape)
         module.to(device)
         spec = robustness(torch.as_tensor(data.x, dtype=torch.float64), torch.as_tensor(data.y), data.eps, "inf",
                           n_classes=model.n_outputs, clip=clip, shape=input_shape)
         for method in data.methods:
             rows = get(method).row_bounds(model, spec, BoundOptions(attack=False), Budget())
-            out[method] = float((rows > 0).all(1).float().mean())
+            out[method] = (rows > 0).all(1).cpu()
     return out

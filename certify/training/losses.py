@@ -63,6 +63,11 @@ class Step:
         lo, hi = self.clip
         return Box((c - r).clamp(min=lo), (c + r).clamp(max=hi))
 
+    @property
+    def kappa(self) -> float:
+        """Weight of the natural loss (ibp, crown-ibp): 1 -> ``options.kappa`` over the ramp."""
+        return 1.0 - self.progress * (1.0 - self.options.kappa)
+
     def attack(self, steps: int, step_size: float) -> Tensor:
         return pgd_ce(self.module, self.x, self.y, self.eps, steps, step_size, self.clip, self.generator)
 
@@ -115,9 +120,8 @@ def ibp(step: Step) -> tuple[Tensor, dict]:
     graph, logits = step.bound(step.x)
     box, relus = step.ball(), []
     m = ibp_margins(graph, box, step.y, relus)
-    kappa = 1.0 - step.progress * (1.0 - step.options.kappa)
-    loss = kappa * F.cross_entropy(logits, step.y) + (1 - kappa) * _robust_ce(m, step.y)
-    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y), "cert": _certified(m)}
+    loss = step.kappa * F.cross_entropy(logits, step.y) + (1 - step.kappa) * _robust_ce(m, step.y)
+    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y)}
 
 
 def crown_ibp(step: Step) -> tuple[Tensor, dict]:
@@ -131,18 +135,15 @@ def crown_ibp(step: Step) -> tuple[Tensor, dict]:
             robust = beta * fused_crown_ibp_loss(graph, box, step.y, lower, upper, boxes).mean() + (1 - beta) * robust
         else:  # K - 1 rows, one per margin (Zhang et al. 2020 as published)
             robust = _robust_ce(beta * crown_ibp_margins(graph, box, step.y, boxes) + (1 - beta) * lower, step.y)
-    kappa = 1.0 - step.progress * (1.0 - step.options.kappa)
-    loss = kappa * F.cross_entropy(logits, step.y) + (1 - kappa) * robust
-    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y), "cert": _certified(lower)}
+    loss = step.kappa * F.cross_entropy(logits, step.y) + (1 - step.kappa) * robust
+    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y)}
 
 
 def sabr_box(step: Step, adv: Tensor) -> Box:
     """The box of radius ``lambda eps`` around ``adv`` moved inside the eps-ball, within the domain."""
     tau = step.options.sabr_lambda * step.eps
     centre = torch.minimum(torch.maximum(adv, step.x - step.eps + tau), step.x + step.eps - tau)
-    box = step.ball(centre, tau)
-    ball = step.ball()
-    return Box(torch.maximum(box.lower, ball.lower), torch.minimum(box.upper, ball.upper))
+    return step.ball(centre, tau).intersect(step.ball())
 
 
 def sabr(step: Step) -> tuple[Tensor, dict]:
@@ -166,7 +167,7 @@ def _expressive(step: Step, mode: str) -> tuple[Tensor, dict]:
         loss = _robust_ce((1 - alpha) * a + alpha * m, step.y)
     else:
         loss = (1 - alpha) * F.cross_entropy(adv_logits, step.y) + alpha * _robust_ce(m, step.y)
-    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y), "cert": _certified(m)}
+    return _regularised(step, loss, box, relus), {"acc": _accuracy(logits, step.y)}
 
 
 def cc_ibp(step: Step) -> tuple[Tensor, dict]:
@@ -175,12 +176,6 @@ def cc_ibp(step: Step) -> tuple[Tensor, dict]:
 
 def mtl_ibp(step: Step) -> tuple[Tensor, dict]:
     return _expressive(step, "mtl")
-
-
-def _certified(m: Tensor) -> float:
-    """Share of the batch whose fast-mode margins are all positive (indicative only: float32, unsound)."""
-    K = m.shape[1]
-    return float(((m > 0).sum(1) == K - 1).float().mean())
 
 
 LOSSES: dict[str, Loss] = {"ce": ce, "noise": noise, "pgd": pgd, "ibp": ibp, "crown-ibp": crown_ibp,
