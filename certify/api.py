@@ -88,6 +88,7 @@ def _verify(model: Model, prop: Property, method: str, *, timeout: float | None,
         return _run(verifier, model, prop, opts, budget)
     t0 = time.perf_counter()
     steps: list[tuple[str, float, str]] = []
+    results: list[Result] = []
     last: Result | None = None
     for name in AUTO_CHAIN:
         if name == "pgd" and not attack:
@@ -98,11 +99,27 @@ def _verify(model: Model, prop: Property, method: str, *, timeout: float | None,
         last = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True, memory_mb=memory_mb),
                     budget)
         steps.append((name, last.time_s, last.verdict.value))
+        results.append(last)
         if last.verdict is not Verdict.UNKNOWN or budget.expired():
             break
     assert last is not None
     reason = last.reason
+    bounds = _best_bounds(results)
     if last.verdict is Verdict.UNKNOWN and budget.expired():
         reason = TIMEOUT
     return dataclasses.replace(last, method=f"auto/{last.method}", time_s=time.perf_counter() - t0,
-                               steps=tuple(steps), reason=reason)
+                               steps=tuple(steps), reason=reason, bounds=bounds)
+
+
+def _best_bounds(results: list[Result]) -> tuple[tuple[float, ...], ...]:
+    """Per spec and clause, the largest certified lower bound any step of the chain computed (each is a
+    sound lower bound of the same margin, so their maximum is too). A step that stopped early (bounds for
+    fewer specs) contributes to the specs it reached."""
+    best: list[list[float]] = []
+    for r in results:
+        for s, spec in enumerate(r.bounds):
+            if s == len(best):
+                best.append(list(spec))
+            elif len(best[s]) == len(spec):
+                best[s] = [max(a, b) for a, b in zip(best[s], spec)]
+    return tuple(tuple(b) for b in best)

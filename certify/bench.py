@@ -168,8 +168,9 @@ def markdown(outcomes: Sequence[Outcome], title: str = "suite", per_instance: bo
                  ["expected", *words])]
     if per_instance:
         parts.append(_md([[Path(o.onnx).name, Path(o.vnnlib).name, o.expected or "-", o.answer,
-                           "WRONG" if o.wrong else "", o.method, f"{o.time_s:.3f}"] for o in outcomes],
-                         ["onnx", "vnnlib", "expected", "answer", "", "method", "time s"]))
+                           "WRONG" if o.wrong else ("yes" if o.correct else "-"), o.method, f"{o.time_s:.3f}"]
+                          for o in outcomes],
+                         ["onnx", "vnnlib", "expected", "answer", "matches expected", "method", "time s"]))
     return "\n\n".join(parts) + "\n"
 
 

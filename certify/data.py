@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CertifyError
+from .errors import CertifyError, UsageError
 
 BUILTIN = ("digits:train", "digits:test", "mnist5k:train", "mnist5k:test", "fashion-mnist:train",
            "fashion-mnist:test")
@@ -38,7 +38,7 @@ def load_labelled(path: str, limit: int | None = None) -> tuple[np.ndarray, np.n
         raise CertifyError(f"{path}: x has {x.shape[0]} rows but y has {y.shape[0]} labels")
     if limit is not None:
         if limit < 1:
-            raise CertifyError(f"--limit: expected a positive number of inputs, got {limit}")
+            raise UsageError(f"--limit: expected a positive number of inputs, got {limit}")
         x, y = x[:limit], y[:limit]
     if x.shape[0] == 0:
         raise CertifyError(f"{path}: no labelled inputs")
@@ -67,6 +67,10 @@ def _from_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not p.exists():
         hint = f" (built-in data sets: {', '.join(BUILTIN)})" if ":" in path else ""
         raise CertifyError(f"{path}: no such file{hint}")
+    if p.suffix not in (".npz", ".pt", ".pth"):
+        raise CertifyError(f"{path}: unsupported data file type {p.suffix or '(no suffix)'!r}; expected .npz (arrays "
+                           f"x and y), .pt/.pth (a dict {{'x': ..., 'y': ...}} saved with torch.save), or a built-in "
+                           f"set: {', '.join(BUILTIN)}")
     try:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
@@ -80,6 +84,8 @@ def _from_file(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as exc:  # torch's messages span many lines: keep the first, the CLI prints one line
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        if "weights only" in first.lower() or "weights_only" in first.lower():
+            first = "it holds pickled objects, and data files are read with weights_only=True (no code runs)"
         raise CertifyError(f"{path}: cannot read data file, expected .npz or a .pt holding {{'x': ..., 'y': ...}} "
                            f"({type(exc).__name__}: {first})") from None
     missing = [k for k in ("x", "y") if k not in arrays]

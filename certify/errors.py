@@ -12,6 +12,10 @@ class CertifyError(Exception):
     """Base of every error the CLI reports as a one-line message (exit code INPUT_ERROR)."""
 
 
+class UsageError(CertifyError):
+    """A bad command-line option value or a missing argument (exit code USAGE); from Python, a bad argument."""
+
+
 class SpecError(CertifyError):
     """A malformed or unsupported property. Carries the file and line when there is one."""
 

@@ -7,7 +7,8 @@ a bound on what the program leaves out of the gap between it, the stored network
 and its float evaluation; see ``certify.pwl``).
 
 * **unsat** for every clause: *proved*; nothing within ``m`` of the clause is reachable, so neither
-  the exact network nor its float evaluation reaches the clause itself.
+  the exact network nor its float evaluation reaches the clause itself. The certified bound reported per
+  clause is then 0 (its margin is positive); a clause not (yet) shown unsat reports ``-inf``.
 * **sat**: the model's input is decoded to floats and replayed on the reference runtime
   (``certify.replay``); a replay that lands in the clause is a *falsified* answer. When rounding makes
   the replay miss, the neighbourhood is searched: the solver is asked again for inputs reaching the
@@ -18,6 +19,7 @@ and its float evaluation; see ``certify.pwl``).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
@@ -103,8 +105,11 @@ class ExactVerifier:
             return attacked
         stats: dict[str, float] = {"clauses": 0, "unstable": 0}
         undecided = ""
+        # per spec and clause: 0.0 once every instance's clause is unsat (its margin is then > 0), else -inf
+        bounds = [[-math.inf] * len(spec.unsafe) for spec in prop.specs]
         for index, spec in enumerate(prop.specs):
             spec = spec.reshape_input(model.input_shape)
+            unsat = [0] * len(spec.unsafe)
             for b in range(spec.batch_size):
                 one = spec[b]
                 rounding = self.float_rounding if model.graph.semantics == "runtime" else "none"
@@ -112,10 +117,10 @@ class ExactVerifier:
                 stats["unstable"] = max(stats["unstable"], program.stats["unstable"])
                 solver = self.build(program, options)
                 if budget.expired():  # building a large encoding can take the whole budget
-                    return self._unknown(prop, t0, TIMEOUT, opts, stats)
+                    return self._unknown(prop, t0, TIMEOUT, opts, stats, bounds)
                 for k, clause in enumerate(one.unsafe):
                     if budget.expired():
-                        return self._unknown(prop, t0, TIMEOUT, opts, stats)
+                        return self._unknown(prop, t0, TIMEOUT, opts, stats, bounds)
                     stats["clauses"] += 1
                     C = clause.C[0].detach().cpu().double().numpy()
                     d = clause.d[0].detach().cpu().double().numpy()
@@ -123,10 +128,13 @@ class ExactVerifier:
                     m = program.margin(C, d)
                     found = solver.check(A, a, d + m, budget.remaining())
                     if found.status == UNSAT:
+                        unsat[k] += 1
+                        if unsat[k] == spec.batch_size:
+                            bounds[index][k] = 0.0
                         continue
                     if found.status == UNKNOWN:
                         if found.reason == TIMEOUT or budget.expired():
-                            return self._unknown(prop, t0, TIMEOUT, opts, stats)
+                            return self._unknown(prop, t0, TIMEOUT, opts, stats, bounds)
                         undecided = undecided or found.reason
                         continue
                     cex = replay.check(model, one, found.x[: program.n_inputs], spec_index=index)
@@ -146,10 +154,11 @@ class ExactVerifier:
                                               f"found replays on "
                                               f"{model.reference_name}")
         if undecided:
-            return self._unknown(prop, t0, f"{INCONCLUSIVE}: {undecided}", opts, stats)
+            return self._unknown(prop, t0, f"{INCONCLUSIVE}: {undecided}", opts, stats, bounds)
         return Result(Verdict.PROVED, self.name, time.perf_counter() - t0, guarantee=Guarantee.SOUND,
-                      property=prop.name, options=opts, stats=stats)
+                      property=prop.name, options=opts, stats=stats, bounds=tuple(map(tuple, bounds)))
 
-    def _unknown(self, prop: Property, t0: float, reason: str, opts: dict, stats: dict) -> Result:
+    def _unknown(self, prop: Property, t0: float, reason: str, opts: dict, stats: dict,
+                 bounds: list[list[float]]) -> Result:
         return Result(Verdict.UNKNOWN, self.name, time.perf_counter() - t0, reason=reason, property=prop.name,
-                      options=opts, stats=stats)
+                      options=opts, stats=stats, bounds=tuple(map(tuple, bounds)))

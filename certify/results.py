@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import builtins
 import json
 import math
 from dataclasses import dataclass, field
@@ -68,8 +69,11 @@ class Result:
     """The answer for one property.
 
     ``bounds[s][k]`` is the certified lower bound of clause ``k``'s best row margin
-    ``min_x max_j (C_j f(x) - d_j)`` for spec ``s`` (positive: the clause is unreachable), when the
-    backend computed one. ``steps`` lists ``(method, seconds, verdict)`` for chained methods.
+    ``min_x max_j (C_j f(x) - d_j)`` for spec ``s`` (positive: the clause is unreachable): every sound
+    backend reports it, for a proof (branch-and-bound: the minimum over its closed domains; milp/smt: 0,
+    as an unsat clause has a positive margin) and for an unknown (its best bound); an attack reports none.
+    ``margin_lower`` / ``margin_upper`` bracket the property's margin (the smallest clause margin).
+    ``steps`` lists ``(method, seconds, verdict)`` for chained methods.
     """
 
     verdict: Verdict
@@ -100,8 +104,22 @@ class Result:
         if self.verdict is Verdict.UNKNOWN and not self.reason:
             raise ValueError("an UNKNOWN result needs a reason")
 
+    @builtins.property  # 'property' is a field of this class
+    def margin_lower(self) -> float | None:
+        """A certified lower bound of the property's margin (the smallest clause bound over all specs;
+        positive: proved), or None when the backend certified nothing (an attack, a crash)."""
+        values = [float(v) for spec in self.bounds for v in spec]
+        return min(values) if values else None
+
+    @builtins.property
+    def margin_upper(self) -> float | None:
+        """An upper bound of the property's margin: the replayed counterexample's own margin (<= 0)."""
+        return float(self.counterexample.margin) if self.counterexample is not None else None
+
     def to_dict(self) -> dict[str, Any]:
-        def num(v: float):
+        def num(v: float | None):
+            if v is None:
+                return None
             return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
 
         return {
@@ -114,6 +132,7 @@ class Result:
             "semantics": self.semantics,
             "reason": self.reason or None,
             "bounds": [[num(float(b)) for b in spec] for spec in self.bounds],
+            "margin": {"lower": num(self.margin_lower), "upper": num(self.margin_upper)},
             "counterexample": self.counterexample.to_dict() if self.counterexample else None,
             "options": dict(self.options),
             "stats": dict(self.stats),

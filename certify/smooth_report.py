@@ -112,18 +112,11 @@ def curve_grid(rows: Sequence[SmoothRow], points: int = 200) -> np.ndarray:
 def plot_curves(groups: dict[str, list[SmoothRow]], path: str, compare: str | None = None) -> None:
     """Certified accuracy against L2 radius, one line per (model, sigma) group; dashed: the deterministic
     backend's sound certified accuracy for the same checkpoint, when compared."""
-    try:
-        import matplotlib
-    except ImportError:
-        from .errors import CertifyError
-
-        raise CertifyError("--plot needs matplotlib (pip install matplotlib)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import figure, save
 
     every = [r for rows in groups.values() for r in rows]
     grid = curve_grid(every)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = figure()
     for i, (label, rows) in enumerate(groups.items()):
         color = f"C{i}"
         acc = certified_accuracy(grid, smoothing_pairs(rows))
@@ -131,14 +124,8 @@ def plot_curves(groups: dict[str, list[SmoothRow]], path: str, compare: str | No
         if compare and all(r.det_radius is not None for r in rows):
             det = certified_accuracy(grid, deterministic_pairs(rows))
             ax.plot(grid, det, color=color, linestyle="--", label=f"{label} base network, {compare} (sound)")
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, ax, path, xlabel="L2 radius", ylabel="certified accuracy",
+         title="certified accuracy against L2 radius (randomized smoothing)")
 
 
 def group_label(rows: Sequence[SmoothRow]) -> str:

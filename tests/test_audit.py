@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from certify.audit.generate import GauntletOptions, generate_suite, plan
-from test_cli import assert_input_error, cli, json_lines
+from test_cli import assert_input_error, assert_usage_error, cli, json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = GauntletOptions(restarts=128, steps=60, samples=20_000, rounds=1)
@@ -131,10 +131,10 @@ def test_generation_is_reproducible(tmp_path):
 
 def test_audit_input_errors(capsys, tmp_path, suite):
     code, _, err = cli(capsys, "audit", suite, "--verifier", "nope")
-    assert_input_error(code, err, "nope")
+    assert_usage_error(code, err, "nope")
     code, _, err = cli(capsys, "audit", suite, "--verifier", "external:/no/such/run_instance.sh")
     assert_input_error(code, err, "/no/such/run_instance.sh")
     code, _, err = cli(capsys, "audit-mutations", tmp_path)
     assert_input_error(code, err, "manifest.json")
     code, _, err = cli(capsys, "audit-mutations", suite, "--only", "bogus")
-    assert_input_error(code, err, "bogus")
+    assert_usage_error(code, err, "bogus")

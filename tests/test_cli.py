@@ -160,8 +160,19 @@ def json_lines(out: str) -> tuple[list[dict], dict]:
 def assert_input_error(code: int, err: str, *facts: str) -> None:
     """Exit 4, one line on stderr, no traceback, every fact named."""
     assert code == ExitCode.INPUT_ERROR == 4, err
-    assert "Traceback" not in err
+    _one_line(err, facts)
+
+
+def assert_usage_error(code: int, err: str, *facts: str) -> None:
+    """Exit 2 (a bad option value or missing argument), one line ``certify <command>: error: ...``."""
+    assert code == ExitCode.USAGE == 2, err
+    _one_line(err, facts)
+
+
+def _one_line(err: str, facts) -> None:
+    assert "Traceback" not in err and "usage:" not in err
     assert len(err.strip().splitlines()) == 1, err
+    assert re.match(r"certify [a-z-]+: error: ", err), err
     for fact in facts:
         assert fact in err, f"{fact!r} not in {err!r}"
 
@@ -312,19 +323,6 @@ def test_unknown_exit_code_and_vnncomp_unknown(capsys, tmp_path, example_run):
     assert res.read_text().split() == ["unknown"]
 
 
-def test_timeout_zero(capsys, tmp_path, example_run):
-    spec = _single("proved", example_run)
-    res = tmp_path / "res.txt"
-    code, out, _ = cli(capsys, "verify", ONNX, spec, "--timeout", "0", "--json", "--vnncomp-result", res)
-    results, _ = json_lines(out)
-    assert results[0]["verdict"] in ("unknown", "proved")  # no time: no attack, so never falsified
-    if results[0]["verdict"] == "unknown":
-        assert results[0]["reason"] == "timeout"
-        assert code == 3 and res.read_text().split() == ["timeout"]
-    else:
-        assert code == 0 and res.read_text().split() == ["unsat"]
-
-
 def test_vnncomp_result_error_on_bad_input(capsys, tmp_path):
     res = tmp_path / "res.txt"
     code, _, err = cli(capsys, "verify", ONNX, tmp_path / "missing.vnnlib", "--vnncomp-result", res)
@@ -425,7 +423,7 @@ def test_data_pt_file(capsys, tmp_path):
 def test_data_bad_flags(capsys, argv, facts):
     base = ["verify", ONNX, "--data", NPZ, "--eps", "0.1", "--limit", "1"]
     code, out, err = cli(capsys, *base, *argv)
-    assert_input_error(code, err, *facts)
+    assert_usage_error(code, err, *facts)
 
 
 def test_data_bad_files(capsys, tmp_path):
@@ -443,7 +441,7 @@ def test_data_bad_files(capsys, tmp_path):
     code, _, err = cli(capsys, "verify", ONNX, "--data", tmp_path / "label.npz", "--eps", "0.1")
     assert_input_error(code, err, "12")
     code, _, err = cli(capsys, "verify", ONNX, "--data", NPZ, "--limit", "1")
-    assert_input_error(code, err, "--eps")
+    assert_usage_error(code, err, "--eps")
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,13 +583,13 @@ def test_mnist_property_against_digits_model(capsys, mnist_fc):
 
 def test_unknown_method_lists_backends(capsys):
     code, _, err = cli(capsys, "verify", ONNX, SPECS[0], "--method", "magic")
-    assert_input_error(code, err, "magic", "pgd", "ibp")
+    assert_usage_error(code, err, "magic", "pgd", "ibp")
 
 
-@pytest.mark.parametrize("timeout", ["-1", "nan"])
+@pytest.mark.parametrize("timeout", ["-1", "nan", "0", "abc"])
 def test_bad_timeout(capsys, timeout):
     code, _, err = cli(capsys, "verify", ONNX, SPECS[0], "--timeout", timeout)
-    assert_input_error(code, err, "--timeout", timeout)
+    assert_usage_error(code, err, "--timeout", timeout)
 
 
 @pytest.mark.parametrize("command", ["verify", "bench"])
@@ -599,7 +597,7 @@ def test_bad_timeout(capsys, timeout):
 def test_bad_memory_limit(capsys, tmp_path, command, limit):
     args = (ONNX, SPECS[0]) if command == "verify" else (tmp_path / "instances.csv",)
     code, _, err = cli(capsys, command, *args, "--memory-limit", limit)
-    assert_input_error(code, err, "--memory-limit", limit)
+    assert_usage_error(code, err, "--memory-limit", limit)
 
 
 @pytest.mark.parametrize("flag", ["--out", "--vnncomp-result"])
@@ -612,10 +610,10 @@ def test_output_in_missing_directory(capsys, tmp_path, flag):
 
 def test_bad_device(capsys):
     code, _, err = cli(capsys, "verify", ONNX, SPECS[0], "--device", "toaster")
-    assert_input_error(code, err, "--device", "toaster")
+    assert_usage_error(code, err, "--device", "toaster")
     if not torch.cuda.is_available():
         code, _, err = cli(capsys, "verify", ONNX, SPECS[0], "--device", "cuda")
-        assert_input_error(code, err, "--device", "cuda")
+        assert_usage_error(code, err, "--device", "cuda")
 
 
 # --------------------------------------------------------------------------------------------

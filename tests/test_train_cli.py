@@ -15,7 +15,7 @@ import torch
 from certify.data import load_labelled
 from certify.errors import CertifyError
 from certify.models import load_model
-from test_cli import assert_input_error, cli, json_lines
+from test_cli import assert_input_error, assert_usage_error, cli, json_lines
 
 LOSSES = ("ce", "noise", "pgd", "ibp", "crown-ibp", "sabr", "cc-ibp", "mtl-ibp")
 
@@ -107,7 +107,7 @@ def test_resume_continues_an_interrupted_run(capsys, tmp_path, monkeypatch):
 ])
 def test_bad_training_arguments_are_one_line_errors(capsys, tmp_path, argv, facts):
     code, _, err = cli(capsys, "train", "--data", "digits:train", "--out", tmp_path / "m.pt", *argv)
-    assert_input_error(code, err, *facts)
+    assert_usage_error(code, err, *facts)
 
 
 def test_unsupported_layer_is_a_one_line_error(capsys, tmp_path):

@@ -77,8 +77,20 @@ def _input_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget,
             rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev).cpu()
         return rows, coefficients["input"].double().cpu()
 
-    return input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget,
-                       replace(options.split, memory_mb=options.memory_mb))
+    # the whole box's sound CROWN bound: what an unfinished search still certifies
+    root = clause_max(sound_crown_lower(model.graph, box, C, d, device=options.device).cpu(), clause_of_row, K)[0]
+    outcome = input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget,
+                          replace(options.split, memory_mb=options.memory_mb))
+    return outcome, _merged(root, outcome, torch.arange(K))
+
+
+def _merged(root: torch.Tensor, outcome: BaBOutcome, searched: torch.Tensor) -> torch.Tensor:
+    """Per clause certified lower bounds: the root's sound bound, raised for the ``searched`` clauses to
+    the minimum over closed domains when the search proved them (both are valid, so is their maximum)."""
+    out = root.double().clone()
+    if outcome.proved and outcome.bounds is not None and searched.numel():
+        out[searched] = torch.maximum(out[searched], outcome.bounds.double())
+    return out
 
 
 def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, index: int):
@@ -96,15 +108,17 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
         sound = compute_boxes(g64, s64, rnd, alphas={t: _as64(a, g64.device) for t, a in inter.items()} or None)
         root = crown_lower(g64, s64, C.to(g64.device, torch.float64), d.to(g64.device, torch.float64), rnd,
                            boxes=sound, alphas=_as64(final, g64.device) or None).cpu()
-    open_clauses = (clause_max(root, clause_of_row, len(spec.unsafe))[0] <= 0).nonzero()[:, 0]
+    root_clauses = clause_max(root, clause_of_row, len(spec.unsafe))[0]
+    open_clauses = (root_clauses <= 0).nonzero()[:, 0]
     if not open_clauses.numel():
-        return BaBOutcome(True, stats={"domains": 1})
+        return BaBOutcome(True, stats={"domains": 1}), root_clauses
     keep = torch.isin(clause_of_row, open_clauses)
     clause_of_row = torch.unique(clause_of_row[keep], return_inverse=True)[1]
     fast = {k: Box(b.lower.float(), b.upper.float()) for k, b in sound.items()}
-    return relu_split(model.graph, spec.input, C[:, keep], d[:, keep], clause_of_row, (sound, fast),
-                      {k: v[:, keep.to(v.device)] for k, v in final.items()}, _candidates(model, spec, index),
-                      budget, replace(options.relu, memory_mb=options.memory_mb), dev)
+    outcome = relu_split(model.graph, spec.input, C[:, keep], d[:, keep], clause_of_row, (sound, fast),
+                         {k: v[:, keep.to(v.device)] for k, v in final.items()}, _candidates(model, spec, index),
+                         budget, replace(options.relu, memory_mb=options.memory_mb), dev)
+    return outcome, _merged(root_clauses, outcome, open_clauses)
 
 
 class BaB:
@@ -139,10 +153,12 @@ class BaB:
             return attacked
         domains, peak = 0, 0.0
         stats: dict = {"domains": 0}
+        bounds: list[tuple[float, ...]] = []
         for index, spec in enumerate(prop.specs):
             spec = spec.reshape_input(model.input_shape)
             decide = _input_decide if prop.n_inputs <= options.max_inputs else _relu_decide
-            outcome = decide(model, spec, options, budget, index)
+            outcome, clause_bounds = decide(model, spec, options, budget, index)
+            bounds.append(tuple(float(v) for v in clause_bounds))
             domains += outcome.stats.get("domains", 0)
             peak = max(peak, outcome.stats.get("peak_store_mb", 0.0))
             stats = {"domains": domains, "peak_store_mb": peak}
@@ -152,6 +168,6 @@ class BaB:
             if not outcome.proved:
                 reason = TIMEOUT if outcome.reason == "timeout" else f"{INCONCLUSIVE}: {outcome.reason}"
                 return Result(Verdict.UNKNOWN, self.name, time.perf_counter() - t0, reason=reason,
-                              property=prop.name, options=opts, stats=stats)
+                              property=prop.name, options=opts, stats=stats, bounds=tuple(bounds))
         return Result(Verdict.PROVED, self.name, time.perf_counter() - t0, guarantee=Guarantee.SOUND,
-                      property=prop.name, options=opts, stats=stats)
+                      property=prop.name, options=opts, stats=stats, bounds=tuple(bounds))

@@ -371,14 +371,19 @@ def _drop(*paths: Path) -> None:
 
 
 def plan(n: int, unsat_fraction: float = 0.2) -> list[tuple[str, str, str]]:
-    """``(expected, arch, kind)`` for ``n`` instances: architectures and property kinds cycle; every
-    ``1/unsat_fraction``-th instance is an unsat one on a piecewise-linear body."""
-    every = max(1, round(1 / unsat_fraction)) if unsat_fraction > 0 else 0
+    """``(expected, arch, kind)`` for ``n`` instances: architectures and property kinds cycle;
+    ``round(n * unsat_fraction)`` of them, at least one when ``n >= 2`` and the fraction is positive, and
+    spread evenly, are unsat ones on a piecewise-linear body (at most ``n - 1``: some sat one is kept)."""
+    n_unsat = round(n * unsat_fraction)
+    if unsat_fraction > 0 and n >= 2:
+        n_unsat = min(max(1, n_unsat), n - 1)
     exact = [a for a in ARCHS if a in EXACT_ARCHS]
     out = []
+    made = 0
     for i in range(n):
-        if every and i % every == every - 1:
-            out.append(("unsat", exact[(i // every) % len(exact)], KINDS[i % len(KINDS)]))
+        if (i + 1) * n_unsat // n > made:  # the made-th of n_unsat evenly spread slots
+            out.append(("unsat", exact[made % len(exact)], KINDS[i % len(KINDS)]))
+            made += 1
         else:
             out.append(("sat", ARCHS[i % len(ARCHS)], KINDS[(i // len(ARCHS) + i) % len(KINDS)]))
     return out

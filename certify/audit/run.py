@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import CertifyError
+from ..errors import CertifyError, UsageError
 from ..sets import Box
 from ..spec import Clause, ExactBox, Spec
 
@@ -258,9 +258,9 @@ def _verifier_list(verifier: str | list[str] | tuple[str, ...]) -> list[str]:
     names = [v.strip() for v in verifier.split(",")] if isinstance(verifier, str) else [str(v).strip() for v in verifier]
     names = [v for v in names if v]
     if not names:
-        raise CertifyError("--verifier: no verifier named")
+        raise UsageError("--verifier: no verifier named")
     if len(set(names)) != len(names):
-        raise CertifyError(f"--verifier: a verifier is named twice in {','.join(names)}")
+        raise UsageError(f"--verifier: a verifier is named twice in {','.join(names)}")
     return names
 
 
@@ -271,6 +271,8 @@ def _check_verifier(verifier: str) -> Path | None:
     if external is None and verifier != "auto":
         from .. import registry
 
+        if verifier not in registry.names():
+            raise UsageError(f"--verifier: unknown backend {verifier!r}; registered: {', '.join(registry.names())}")
         registry.get(verifier)
     return external
 

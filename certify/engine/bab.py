@@ -48,10 +48,14 @@ class InputSplitOptions:
 
 @dataclass
 class BaBOutcome:
+    """``bounds`` (when proved): per clause, the smallest certified (sound) lower bound of its best row over
+    the closed domains, i.e. a certified lower bound of the clause's margin on the whole input set."""
+
     proved: bool
     counterexample: object | None = None
     reason: str = ""
     stats: dict = field(default_factory=dict)
+    bounds: Tensor | None = None
 
 
 def _nbytes(tensors) -> int:
@@ -98,6 +102,7 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
     lower, upper = box.lower, box.upper
     full_width = (box.upper - box.lower).clamp_min(1e-30)
     store = _Store(budget, options.memory_mb)
+    certified = torch.full((K,), torch.inf, dtype=torch.float64)
     while lower.shape[0]:
         halt = store.halt(lower.shape[0])
         if halt is not None:
@@ -110,6 +115,8 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         rows = rows.to(lo.device)
         clause_lb = clause_max(rows, clause_of_row, K)
         open_ = ~(clause_lb > 0).all(1)
+        if bool((~open_).any()):
+            certified = torch.minimum(certified, clause_lb[~open_].min(0).values.double().cpu())
         if not bool(open_.any()):
             continue
         lo, hi, rows, coef = lo[open_], hi[open_], rows[open_], coef[open_]
@@ -133,7 +140,7 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
             return full
         lower = torch.cat([lower, flat_lo.reshape(-1, *shape), right_lo.reshape(-1, *shape)])
         upper = torch.cat([upper, left_hi.reshape(-1, *shape), flat_hi.reshape(-1, *shape)])
-    return BaBOutcome(True, stats=store.stats(0))
+    return BaBOutcome(True, stats=store.stats(0), bounds=certified)
 
 
 # --- ReLU splitting (beta-CROWN) ------------------------------------------------------------------
@@ -240,6 +247,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                      torch.full((1, R), -torch.inf, device=dev))
     exhausted = 0
     store = _Store(budget, options.memory_mb)
+    certified = torch.full((K,), torch.inf, dtype=torch.float64)
     while len(queue):
         halt = store.halt(len(queue))
         if halt is not None:
@@ -289,9 +297,12 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                                    boxes=_clamped(sound_boxes, relus, {k: v[idx] for k, v in signs.items()}, m),
                                    alphas={k: best_a[k][idx].double() for k in relus},
                                    betas={k: (best_b[k][idx].double(), signs[k][idx].double()) for k in relus})
-            certified = torch.zeros_like(closing)
-            certified[idx] = (clause_max(rows, clause_of_row, K) > 0).all(1)
-            closing = certified
+            clause_lb = clause_max(rows, clause_of_row, K)
+            sound_closed = (clause_lb > 0).all(1)
+            if bool(sound_closed.any()):
+                certified = torch.minimum(certified, clause_lb[sound_closed].min(0).values.cpu())
+            closing = torch.zeros_like(closing)
+            closing[idx] = sound_closed
         open_ = ~closing
         if not bool(open_.any()):
             continue
@@ -342,4 +353,4 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         queue = _Domains.cat([queue, *children])
     if exhausted:
         return BaBOutcome(False, reason=f"{exhausted} domains with every ReLU split stayed open", stats=store.stats(0))
-    return BaBOutcome(True, stats=store.stats(0))
+    return BaBOutcome(True, stats=store.stats(0), bounds=certified)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import CertifyError
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -46,30 +46,30 @@ class TrainOptions:
         from .losses import LOSSES
 
         if self.loss not in LOSSES:
-            raise CertifyError(f"--loss: expected one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise UsageError(f"--loss: expected one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise CertifyError(f"epochs and batch size must be positive, got {self.epochs} and {self.batch_size}")
+            raise UsageError(f"epochs and batch size must be positive, got {self.epochs} and {self.batch_size}")
         for name in ("learning_rate", "grad_clip"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
-                raise CertifyError(f"--{name.replace('_', '-')}: expected a positive number, got {v}")
+                raise UsageError(f"--{name.replace('_', '-')}: expected a positive number, got {v}")
         for name in ("eps", "noise_sigma", "reg_lambda", "reg_tol", "kappa"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
-                raise CertifyError(f"--{name.replace('_', '-')}: expected a non-negative number, got {v}")
+                raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative number, got {v}")
         for name in ("sabr_lambda", "alpha", "kappa", "lr_decay"):
             if not 0 <= getattr(self, name) <= 1:
-                raise CertifyError(f"--{name.replace('_', '-')}: expected a number in [0, 1], got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')}: expected a number in [0, 1], got {getattr(self, name)}")
         if self.warmup_epochs < 0 or (self.ramp_epochs is not None and self.ramp_epochs < 0):
-            raise CertifyError("--warmup-epochs and --ramp-epochs must be non-negative")
+            raise UsageError("--warmup-epochs and --ramp-epochs must be non-negative")
         if self.pgd_steps < 1 or self.attack_steps < 1:
-            raise CertifyError("--pgd-steps and --attack-steps must be positive")
+            raise UsageError("--pgd-steps and --attack-steps must be positive")
         if self.loss == "noise" and self.noise_sigma <= 0:
-            raise CertifyError("--loss noise needs --noise-sigma S > 0")
+            raise UsageError("--loss noise needs --noise-sigma S > 0")
         if self.loss in ("pgd", "ibp", "crown-ibp", "sabr", "cc-ibp", "mtl-ibp") and self.eps <= 0:
-            raise CertifyError(f"--loss {self.loss} needs --eps E > 0 (the training radius, in pixel units)")
+            raise UsageError(f"--loss {self.loss} needs --eps E > 0 (the training radius, in pixel units)")
         if not self.clip[0] < self.clip[1]:
-            raise CertifyError(f"--clip: LO must be below HI, got {self.clip}")
+            raise UsageError(f"--clip: LO must be below HI, got {self.clip}")
 
     @property
     def learning_rate(self) -> float:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import CertifyError
+from ..errors import CertifyError, UsageError
 
 TRAIN_EXAMPLES = """examples:
   certify train --data fashion-mnist:train --loss ibp --eps 0.1 --epochs 20 --out ibp.pt
@@ -97,44 +97,44 @@ def add_parsers(sub) -> None:
 
 
 def _arch(args, data: str, x, n_classes: int, shape_arg) -> tuple[str, dict, tuple[int, ...]]:
-    from .data import image_shape
-    from .training.arch import ARCHS
+    from ..data import image_shape
+    from ..training.arch import ARCHS
 
     try:
         kwargs = json.loads(args.arch_kwargs)
     except json.JSONDecodeError as exc:
-        raise CertifyError(f"--arch-kwargs: not JSON ({exc.msg} at column {exc.colno}): {args.arch_kwargs!r}") from None
+        raise UsageError(f"--arch-kwargs: not JSON ({exc.msg} at column {exc.colno}): {args.arch_kwargs!r}") from None
     if not isinstance(kwargs, dict):
-        raise CertifyError(f"--arch-kwargs: expected a JSON object such as '{{\"width\": 2}}', got {args.arch_kwargs!r}")
+        raise UsageError(f"--arch-kwargs: expected a JSON object such as '{{\"width\": 2}}', got {args.arch_kwargs!r}")
     image = image_shape(data)
     name = args.arch or ("cnn3" if len(shape_arg or image or x.shape[1:]) == 3 else "mlp")
     # built-in networks see images as images; a user's class gets the rows as the data file holds them
     shape = shape_arg or (image if name in ARCHS else None) or tuple(x.shape[1:])
     if math.prod(shape) != x[0].size:
-        raise CertifyError(f"--input-shape {list(shape)} has {math.prod(shape)} values but each example of "
+        raise UsageError(f"--input-shape {list(shape)} has {math.prod(shape)} values but each example of "
                            f"{data} has {x[0].size}")
     if name in ARCHS:  # built in: input shape, classes and the data's normalisation are part of the model
         defaults = {"input_shape": list(shape), "n_classes": n_classes, "mean": float(x.mean()),
                     "std": float(x.std()) or 1.0}
         return ARCHS[name], {**defaults, **kwargs}, shape
     if ":" not in name:
-        raise CertifyError(f"--arch: expected one of {', '.join(ARCHS)} or MODULE:CLASS, got {name!r}")
+        raise UsageError(f"--arch: expected one of {', '.join(ARCHS)} or MODULE:CLASS, got {name!r}")
     return name, kwargs, shape
 
 
 def cmd_train(args) -> int:
     import torch
 
-    from .cli_common import ExitCode, Progress, check_device, check_output_paths, parse_clip, parse_shape, table
-    from .data import BUILTIN, load_labelled
-    from .models import _import_arch
-    from .training import EvalSet, TrainOptions, export_onnx, load_checkpoint, save_checkpoint, train
+    from .common import ExitCode, Progress, check_device, check_output_paths, parse_clip, parse_shape, table
+    from ..data import BUILTIN, load_labelled
+    from ..models import _import_arch
+    from ..training import EvalSet, TrainOptions, export_onnx, load_checkpoint, save_checkpoint, train
 
     check_output_paths(("--out", args.out), ("--onnx", args.onnx), ("--plot", args.plot))
     check_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
-            raise CertifyError(f"--threads: expected a positive number, got {args.threads}")
+            raise UsageError(f"--threads: expected a positive number, got {args.threads}")
         torch.set_num_threads(args.threads)
     loss = args.loss or ("noise" if args.noise_sigma > 0 else "ce")
     options = TrainOptions(loss=loss, eps=args.eps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
     methods = tuple(m.strip() for m in args.eval_methods.split(",") if m.strip())
     for m in methods:
         if m not in ("ibp", "crown"):
-            raise CertifyError(f"--eval-methods: expected ibp and/or crown, got {m!r}")
+            raise UsageError(f"--eval-methods: expected ibp and/or crown, got {m!r}")
     x, y = load_labelled(args.data)
     arch, arch_kwargs, shape = _arch(args, args.data, x, int(y.max()) + 1, parse_shape(args.input_shape))
     test = args.test
@@ -201,7 +201,7 @@ def cmd_train(args) -> int:
     info = _info(history)
     info["time_s"] = round(time.perf_counter() - t_start, 3)
     if test:
-        from .training import accuracy
+        from ..training import accuracy
 
         info["test_accuracy"] = accuracy(module, xt, yt, shape)
         if options.noise_sigma > 0:
@@ -210,7 +210,7 @@ def cmd_train(args) -> int:
     if args.onnx:
         export_onnx(module, args.onnx, shape)
     if args.plot:
-        from .training.plot import plot_history
+        from ..training.plot import plot_history
 
         plot_history(history, args.plot, f"{loss}, eps {options.eps:g}")
     if args.json:

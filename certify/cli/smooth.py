@@ -8,7 +8,8 @@ import math
 import time
 from pathlib import Path
 
-from .errors import CertifyError
+from ..errors import CertifyError
+from .common import Usage, check_backend
 
 SMOOTH_EXAMPLES = """examples:
   certify smooth model.pt --data digits:test --sigma 0.25                   # Cohen et al.'s defaults
@@ -29,9 +30,9 @@ def _floats(text: str, flag: str) -> list[float]:
     try:
         values = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise CertifyError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+        raise Usage(f"{flag}: expected comma-separated numbers, got {text!r}") from None
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise CertifyError(f"{flag}: expected non-negative numbers, got {text!r}")
+        raise Usage(f"{flag}: expected non-negative numbers, got {text!r}")
     return values
 
 
@@ -62,41 +63,41 @@ def add_parsers(sub) -> None:
     out.add_argument("--plot", metavar="PNG", help="write certified accuracy against radius (all models/sigmas)")
     out.add_argument("--csv", metavar="FILE", help="write the per-example rows as CSV")
     out.add_argument("--json", action="store_true", help="one JSON object per example on stdout, then a summary")
-    out.add_argument("--quiet", action="store_true", help="no per-example table, only the summary")
-    out.add_argument("--debug", action="store_true", help="show tracebacks")
+    out.add_argument("--quiet", action="store_true", help="no per-example table and no progress, only the summary")
+    out.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
 
 
 def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
     for s in sigmas:
         if not (math.isfinite(s) and s > 0):
-            raise CertifyError(f"--sigma: expected positive numbers, got {s}")
+            raise Usage(f"--sigma: expected positive numbers, got {s:g}")
     if len(models) == 1:
         return [(models[0], s) for s in sigmas]
     if len(models) == len(sigmas):
         return list(zip(models, sigmas))
-    raise CertifyError(f"{len(models)} models and {len(sigmas)} sigmas: give one model with any number of sigmas, "
+    raise Usage(f"{len(models)} models and {len(sigmas)} sigmas: give one model with any number of sigmas, "
                        "or one sigma per model")
 
 
 def cmd_smooth(args) -> int:
-    from .cli_common import ExitCode, Progress, check_device, check_output_paths, parse_shape as _parse_shape, table as _table
-    from .data import load_labelled
-    from .errors import ShapeError
-    from .models import load_model
-    from .smooth_report import certify_dataset, group_label, largest_proved_radius, plot_curves, summary
+    from .common import ExitCode, Progress, check_device, check_output_paths, parse_shape as _parse_shape, table as _table
+    from ..data import load_labelled
+    from ..errors import ShapeError
+    from ..models import load_model
+    from ..smooth_report import certify_dataset, group_label, largest_proved_radius, plot_curves, summary
 
     pairs = _pairs(args.models, args.sigma)
     radii = _floats(args.radii, "--radii")
     if args.n0 < 1 or args.n < 1 or args.batch < 1:
-        raise CertifyError(f"--n0, --n and --batch must be positive, got {args.n0}, {args.n}, {args.batch}")
+        raise Usage(f"--n0, --n and --batch must be positive, got {args.n0}, {args.n}, {args.batch}")
     if not 0 < args.alpha < 1:
-        raise CertifyError(f"--alpha: expected a number in (0, 1), got {args.alpha}")
+        raise Usage(f"--alpha: expected a number in (0, 1), got {args.alpha}")
+    if args.limit is not None and args.limit < 1:
+        raise Usage(f"--limit: expected a positive number of examples, got {args.limit}")
     check_output_paths(("--plot", args.plot), ("--csv", args.csv))
     check_device(args.device)
     if args.compare:
-        from . import registry
-
-        registry.get(args.compare)
+        check_backend(args.compare, "--compare")
     x, y = load_labelled(args.data, args.limit)
     models = {}
     for path, _ in pairs:
@@ -110,7 +111,7 @@ def cmd_smooth(args) -> int:
                                    f"{Path(path).name} has {m.n_outputs} outputs")
             models[path] = m
 
-    progress = Progress(len(pairs) * len(y), "example", enabled=not args.json)
+    progress = Progress(len(pairs) * len(y), "examples", enabled=not args.quiet, label="certify smooth")
     groups: dict[str, list] = {}
     t0 = time.perf_counter()
     for path, sigma in pairs:
@@ -125,7 +126,8 @@ def cmd_smooth(args) -> int:
             rows.append(row)
             if args.json:
                 print(json.dumps(row.to_dict()), flush=True)
-            progress.step(f"sigma={sigma:g}")
+            progress.step("abstain" if row.prediction is None else ("correct" if row.correct else "wrong"),
+                          f"sigma={sigma:g}")
 
         rows: list = []
         certify_dataset(model, x, y, sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch,

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import CertifyError
+from ..errors import CertifyError
+from .common import Usage, positive_seconds
 
 AUDIT_EXAMPLES = """examples:
   certify audit-suite audit_suite --instances 50 --seed 0       # generate (about a minute)
@@ -56,9 +57,11 @@ def add_parsers(sub) -> None:
     a.add_argument("--verifier", required=True, metavar="NAME[,NAME...]",
                    help="a backend (see 'certify backends'), auto, or external:PATH/run_instance.sh; several "
                         "separated by commas run on the same suite and are checked against each other")
-    a.add_argument("--timeout", type=float, metavar="S", help="seconds per instance, instead of each row's own")
+    a.add_argument("--timeout", type=positive_seconds, metavar="S",
+                   help="seconds per instance, instead of each row's own (must be positive)")
     a.add_argument("--json", action="store_true", help="one JSON object per instance, then the totals")
-    a.add_argument("--debug", action="store_true", help="show tracebacks")
+    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    a.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
 
     g = sub.add_parser("audit-suite", help="generate soundness-audit instances with hidden counterexamples",
                        description="Generate ONNX + VNN-LIB instances with planted, attack-resistant "
@@ -70,8 +73,10 @@ def add_parsers(sub) -> None:
                         "floating-point and import traps whose truth onnxruntime decides")
     g.add_argument("--instances", type=int, default=50, metavar="N", help="(planted only)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--timeout", type=float, default=60.0, metavar="S", help="timeout written for each instance")
-    g.add_argument("--unsat-fraction", type=float, default=0.2, metavar="F", help="share of unsat instances")
+    g.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
+                   help="timeout written for each instance (default 60)")
+    g.add_argument("--unsat-fraction", type=float, default=0.2, metavar="F",
+                   help="share of unsat (proved) instances, at least one from 2 instances on (default 0.2)")
     g.add_argument("--quick", action="store_true", help="a lighter attack gauntlet (for CI-sized suites)")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -92,13 +97,11 @@ def add_parsers(sub) -> None:
 
 
 def cmd_audit(args) -> int:
-    from .audit.run import FAILURES, _verifier_list, audit, totals
-    from .cli_common import ExitCode, Progress, table as _table
+    from ..audit.run import FAILURES, _verifier_list, audit, totals
+    from .common import ExitCode, Progress, table as _table
 
-    if args.timeout is not None and not args.timeout > 0:
-        raise CertifyError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
     names = _verifier_list(args.verifier)
-    progress = Progress(None, "instance", enabled=not args.json)
+    progress = Progress(None, "instances", enabled=not args.quiet, label="certify audit")
 
     def on_row(row):
         if args.json:
@@ -129,8 +132,8 @@ def cmd_audit(args) -> int:
 
 
 def cmd_audit_mutations(args) -> int:
-    from .audit.mutations import CATALOGUE, run_mutation_audit
-    from .cli_common import ExitCode, table as _table
+    from ..audit.mutations import CATALOGUE, run_mutation_audit
+    from .common import ExitCode, table as _table
 
     suite = Path(args.suite)
     if not (suite / "manifest.json").exists():
@@ -138,7 +141,7 @@ def cmd_audit_mutations(args) -> int:
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     unknown = sorted(set(only or []) - {m.name for m in CATALOGUE})
     if unknown:
-        raise CertifyError(f"--only: unknown mutation(s) {unknown}; known: {', '.join(m.name for m in CATALOGUE)}")
+        raise Usage(f"--only: unknown mutation(s) {unknown}; known: {', '.join(m.name for m in CATALOGUE)}")
     outcomes, control = run_mutation_audit(suite, only=only, log=lambda s: print(s, file=sys.stderr))
     caught = sum(o.caught for o in outcomes)
     rate = caught / len(outcomes) if outcomes else 0.0
@@ -157,11 +160,11 @@ def cmd_audit_mutations(args) -> int:
 
 
 def cmd_audit_suite(args) -> int:
-    from .audit.generate import GauntletOptions, generate_suite
-    from .cli_common import ExitCode
+    from ..audit.generate import GauntletOptions, generate_suite
+    from .common import ExitCode
 
     if args.family == "traps":
-        from .audit.traps import generate_traps
+        from ..audit.traps import generate_traps
 
         t0 = time.perf_counter()
         records = generate_traps(args.out, timeout=args.timeout, log=lambda s: print(s, file=sys.stderr))
@@ -170,9 +173,9 @@ def cmd_audit_suite(args) -> int:
               f"to {Path(args.out) / 'instances.csv'} in {time.perf_counter() - t0:.1f}s")
         return ExitCode.PROVED
     if args.instances < 1:
-        raise CertifyError(f"--instances: expected a positive number, got {args.instances}")
+        raise Usage(f"--instances: expected a positive number, got {args.instances}")
     if not 0 <= args.unsat_fraction < 1:
-        raise CertifyError(f"--unsat-fraction: expected a number in [0, 1), got {args.unsat_fraction}")
+        raise Usage(f"--unsat-fraction: expected a number in [0, 1), got {args.unsat_fraction}")
     opts = GauntletOptions(restarts=128, steps=60, samples=20_000, rounds=1) if args.quick else GauntletOptions()
     t0 = time.perf_counter()
     records = generate_suite(args.out, args.instances, args.seed, args.timeout, opts, args.unsat_fraction,
