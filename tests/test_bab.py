@@ -60,6 +60,10 @@ def _check_against_milp(seed: int, n_in: int, width: int, deltas, radius: tuple[
             assert bool(((x >= box.lower[0]) & (x <= box.upper[0])).all())
         else:
             assert result.stats["domains"] >= 1
+            # the proof's certified margin (minimum over closed domains) is positive and below the exact one
+            exact_margin = -delta  # min_x c.f(x) - (minimum + delta)
+            assert 0 < result.margin_lower <= exact_margin + 1e-9, (seed, result.bounds, exact_margin)
+            assert result.to_dict()["margin"]["lower"] == result.margin_lower
 
 
 @pytest.mark.parametrize("seed", range(10))
