@@ -297,3 +297,24 @@ def test_verify_imports_no_solver_or_plotting_it_does_not_use():
             "file=sys.stderr)" % (str(ONNX), str(PROVED_SPEC)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "HEAVY []" in out.stderr, out.stderr[-500:]
+
+
+def test_readme_python_snippet_prints_certified_bounds(tmp_path):
+    """The README's Python example, run on the bundled model: it prints a verdict and non-empty bounds."""
+    text = (ROOT / "README.md").read_text()
+    snippet = text.split("From Python:", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace('"net.onnx"', repr(str(ONNX))).replace('"prop.vnnlib"', repr(str(PROVED_SPEC)))
+    out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-800:]
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("Verdict.PROVED ") and "()" not in first, first
+    assert float(first.split()[1]) > 0
+
+
+def test_setup_announces_every_install_step():
+    """A first setup takes minutes: every pip install in scripts/setup.sh is announced on stderr first."""
+    lines = (ROOT / "scripts" / "setup.sh").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "pip install" in line and not line.strip().startswith(("#", "||")):
+            before = " ".join(lines[max(0, i - 2):i])
+            assert 'echo "setup: ' in before, line

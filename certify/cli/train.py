@@ -92,7 +92,7 @@ def add_parsers(sub) -> None:
     ev.add_argument("--resume", action="store_true", help="continue from --out if it holds an unfinished run")
     ev.add_argument("--plot", metavar="PNG", help="write accuracy and eps curves over the epochs")
     ev.add_argument("--json", action="store_true", help="one JSON object per epoch on stdout, then a summary")
-    ev.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
+    ev.add_argument("--quiet", action="store_true", help="no progress and no per-epoch lines on stderr")
     ev.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -171,8 +171,8 @@ def cmd_train(args) -> int:
             raise CertifyError(f"--resume: {args.out} already finished its {len(resume['history'])} epochs")
 
     done_before = len(resume["history"]) if resume else 0
-    progress = Progress((options.epochs - done_before) * math.ceil(len(y) / options.batch_size), "batch",
-                        enabled=not args.json)
+    progress = Progress((options.epochs - done_before) * math.ceil(len(y) / options.batch_size), "batches",
+                        enabled=not args.quiet, label="certify train")
     t_start = time.perf_counter()
 
     def on_batch(i: int, n: int, eps: float) -> None:
