@@ -57,6 +57,9 @@ def main() -> None:
             st["below_crown"] += int(np.sum(b < crown - 1e-6 * (1 + np.abs(crown))))
             st["over_crown"] += list(b - crown)
             st["to_exact"] += list(truth - b)
+        unsound = sum(st["unsound"] for st in stats.values())
+        print(f"[{i + 1}/{args.instances}] {kind} {case[6]}: {time.time() - t0:.0f} s, unsound so far {unsound}",
+              file=sys.stderr, flush=True)
     print("| backend | input set | instances | rows | bound > exact minimum (unsound) | below CROWN (> 1e-6 rel.) | "
           "median bound - CROWN | median exact - bound | time (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
