@@ -40,6 +40,7 @@ USAGE = [
     (["verify", "{onnx}", "{spec}", "--timeout", "0"], ["--timeout", "0", "positive"]),
     (["verify", "{onnx}", "{spec}", "--timeout", "-3"], ["--timeout", "-3"]),
     (["verify", "{onnx}", "{spec}", "--eps", "0.1"], ["--eps", "--data"]),
+    (["verify", "{onnx}", "{spec}", "--threads", "0"], ["--threads", "0"]),
     (["verify", "{onnx}", "{spec}", "--plot", "{tmp}/p.png"], ["--plot", "--data"]),
     (["verify", "{onnx}"], ["--data"]),
     (["verify"], ["required", "model"]),
@@ -318,3 +319,17 @@ def test_setup_announces_every_install_step():
         if "pip install" in line and not line.strip().startswith(("#", "||")):
             before = " ".join(lines[max(0, i - 2):i])
             assert 'echo "setup: ' in before, line
+
+
+def test_threads_flag_sets_torch_threads(capsys, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert cli(capsys, "verify", ONNX, PROVED_SPEC, "--threads", "1", "--quiet")[0] == 0
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # default: every core the process may use
+        from certify.cli.common import usable_cores
+
+        assert cli(capsys, "verify", ONNX, PROVED_SPEC, "--quiet")[0] == 0
+        assert torch.get_num_threads() == usable_cores()
+    finally:
+        torch.set_num_threads(before)

@@ -5,7 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import (MEMORY_HELP, SEMANTICS_HELP, Progress, Usage, check_backend, check_device, check_memory_limit,
+from .common import (MEMORY_HELP, SEMANTICS_HELP, THREADS_HELP, Progress, Usage, apply_threads, check_backend,
+                     check_device, check_memory_limit,
                      check_output_paths, positive_seconds, write_output)
 
 BENCH_EXAMPLES = """examples:
@@ -33,6 +34,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--timeout", type=positive_seconds, metavar="S",
                    help="seconds per instance, instead of each row's own (must be positive)")
     s.add_argument("--device", default="cpu", help="torch device for bound computation")
+    s.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     s.add_argument("--memory-limit", type=float, metavar="MIB", help=MEMORY_HELP)
     s.add_argument("--semantics", choices=("runtime", "real"), default="runtime", help=SEMANTICS_HELP)
     s.add_argument("--every", type=int, default=1, metavar="K", help="run every K-th instance only (a quick sample)")
@@ -52,6 +54,7 @@ def cmd_bench(args) -> int:
     check_memory_limit(args.memory_limit)
     check_output_paths(("--csv", args.csv), ("--markdown", args.markdown))
     check_device(args.device)
+    apply_threads(args.threads)
     if args.method != "auto":
         check_backend(args.method)
     instances = bench.read_instances(args.instances)[:: args.every]

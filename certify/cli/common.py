@@ -60,6 +60,36 @@ def check_backend(name: str, flag: str = "--method") -> None:
     registry.get(name)
 
 
+THREADS_HELP = ("torch threads for this process (default: every core the process may use; 1 when other work "
+                "shares the cores, since oversubscribed threads wait on each other)")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def apply_threads(threads: int | None) -> int:
+    """``--threads``: a positive count, or None: ``OMP_NUM_THREADS`` when set (the test runner sets 1), else
+    every usable core. Sets torch's intra-op threads and returns the count."""
+    import os
+
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: expected a positive number, got {threads}")
+    import torch
+
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return torch.get_num_threads()
+    n = threads if threads is not None else usable_cores()
+    torch.set_num_threads(n)
+    return n
+
+
 def check_memory_limit(value: float | None) -> None:
     if value is not None and not value > 0:
         raise UsageError(f"--memory-limit: expected a positive number of MiB, got {value}")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import CertifyError
-from .common import Usage, check_backend
+from .common import THREADS_HELP, Usage, apply_threads, check_backend
 
 SMOOTH_EXAMPLES = """examples:
   certify smooth model.pt --data digits:test --sigma 0.25                   # Cohen et al.'s defaults
@@ -57,6 +57,7 @@ def add_parsers(sub) -> None:
     sm.add_argument("--compare", metavar="METHOD",
                     help="also find the largest L2 radius METHOD (e.g. crown, alpha-crown) proves for the base network")
     sm.add_argument("--device", default="cpu", help="torch device for sampling, e.g. cpu or cuda")
+    sm.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     sm.add_argument("--arch", metavar="MODULE:CLASS", help="architecture class for state-dict checkpoints")
     sm.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without batch, when the file does not say")
     out = sm.add_argument_group("output")
@@ -96,6 +97,7 @@ def cmd_smooth(args) -> int:
         raise Usage(f"--limit: expected a positive number of examples, got {args.limit}")
     check_output_paths(("--plot", args.plot), ("--csv", args.csv))
     check_device(args.device)
+    apply_threads(args.threads)
     if args.compare:
         check_backend(args.compare, "--compare")
     x, y = load_labelled(args.data, args.limit)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import CertifyError, UsageError
+from .common import THREADS_HELP
 
 TRAIN_EXAMPLES = """examples:
   certify train --data fashion-mnist:train --loss ibp --eps 0.1 --epochs 20 --out ibp.pt
@@ -85,7 +86,7 @@ def add_parsers(sub) -> None:
     o.add_argument("--grad-clip", type=float, default=10.0, help="gradient norm clip (default 10)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--device", default="cpu")
-    o.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    o.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     ev = tr.add_argument_group("evaluation and output")
     ev.add_argument("--eval-size", type=int, default=500, help="test examples evaluated after each epoch (0: none)")
     ev.add_argument("--eval-methods", default="ibp,crown", help="sound backends for the per-epoch certified accuracy")
@@ -125,17 +126,15 @@ def _arch(args, data: str, x, n_classes: int, shape_arg) -> tuple[str, dict, tup
 def cmd_train(args) -> int:
     import torch
 
-    from .common import ExitCode, Progress, check_device, check_output_paths, parse_clip, parse_shape, table
+    from .common import (ExitCode, Progress, apply_threads, check_device, check_output_paths, parse_clip, parse_shape,
+                         table)
     from ..data import BUILTIN, load_labelled
     from ..models import _import_arch
     from ..training import EvalSet, TrainOptions, export_onnx, load_checkpoint, save_checkpoint, train
 
     check_output_paths(("--out", args.out), ("--onnx", args.onnx), ("--plot", args.plot))
     check_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads: expected a positive number, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     loss = args.loss or ("noise" if args.noise_sigma > 0 else "ce")
     options = TrainOptions(loss=loss, eps=args.eps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            lr_decay=args.lr_decay, grad_clip=args.grad_clip, warmup_epochs=args.warmup_epochs,

@@ -10,7 +10,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from .common import (EXIT_CODES_HELP, MEMORY_HELP, SEMANTICS_HELP, ExitCode, Progress, Usage, check_backend, check_device,
+from .common import (EXIT_CODES_HELP, MEMORY_HELP, SEMANTICS_HELP, THREADS_HELP, ExitCode, Progress, Usage,
+                     apply_threads, check_backend, check_device,
                      check_memory_limit, check_output_paths, parse_clip, parse_eps_list, parse_shape, positive_seconds,
                      table, version, write_output)
 
@@ -56,6 +57,7 @@ def add_parsers(sub) -> None:
     m.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds per property and method (default: 300; must be positive)")
     m.add_argument("--device", default="cpu", help="torch device for bound computation, e.g. cpu or cuda")
+    m.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     m.add_argument("--no-attack", action="store_true", help="skip the PGD falsifier")
     m.add_argument("--memory-limit", type=float, metavar="MIB", help=MEMORY_HELP)
     m.add_argument("--semantics", choices=("runtime", "real"), default="runtime", help=SEMANTICS_HELP)
@@ -240,6 +242,7 @@ def cmd_verify(args) -> int:
     check_memory_limit(args.memory_limit)
     check_output_paths(("--out", args.out), ("--vnncomp-result", args.vnncomp_result), ("--plot", args.plot))
     check_device(args.device)
+    apply_threads(args.threads)
     methods = _methods(args.method)
     if len(methods) > 1 and (args.out or args.vnncomp_result):
         raise Usage("--out and --vnncomp-result record one method: give one --method")
