@@ -326,10 +326,14 @@ def test_threads_flag_sets_torch_threads(capsys, monkeypatch):
     try:
         assert cli(capsys, "verify", ONNX, PROVED_SPEC, "--threads", "1", "--quiet")[0] == 0
         assert torch.get_num_threads() == 1
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # default: every core the process may use
-        from certify.cli.common import usable_cores
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # default: the usable cores nothing else runs on
+        from certify.cli import common
 
+        monkeypatch.setattr(common, "busy_cores", lambda: 0)
         assert cli(capsys, "verify", ONNX, PROVED_SPEC, "--quiet")[0] == 0
-        assert torch.get_num_threads() == usable_cores()
+        assert torch.get_num_threads() == common.usable_cores()
+        monkeypatch.setattr(common, "busy_cores", lambda: 64)  # a loaded machine: one thread, never zero
+        assert cli(capsys, "verify", ONNX, PROVED_SPEC, "--quiet")[0] == 0
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
