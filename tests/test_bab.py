@@ -174,6 +174,10 @@ def test_memory_cap_gives_unknown_and_bounds_the_domain_store(n_in, width, radiu
     full = api.verify(model, prop, "bab", timeout=60, attack=False)
     assert full.verdict is Verdict.PROVED, full.reason
     assert small.stats["peak_store_mb"] <= full.stats["peak_store_mb"] <= 4096
+    # what each answer certifies: the unfinished search its root's sound bound, the proof the minimum over
+    # its closed domains; both at most the exact margin (2e-3)
+    assert small.margin_lower is not None and small.margin_lower <= 2e-3 + 1e-9, small.bounds
+    assert 0 < full.margin_lower <= 2e-3 + 1e-9, full.bounds
 
 
 def test_memory_limit_must_be_positive():

@@ -77,16 +77,18 @@ def _input_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget,
             rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev).cpu()
         return rows, coefficients["input"].double().cpu()
 
-    # the whole box's sound CROWN bound: what an unfinished search still certifies
-    root = clause_max(sound_crown_lower(model.graph, box, C, d, device=options.device).cpu(), clause_of_row, K)[0]
     outcome = input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget,
                           replace(options.split, memory_mb=options.memory_mb))
-    return outcome, _merged(root, outcome, torch.arange(K))
+    if outcome.proved or outcome.counterexample is not None:  # a falsification reports its counterexample
+        return outcome, outcome.bounds
+    # unfinished: what it still certifies is the whole box's sound CROWN bound (computed only then)
+    return outcome, clause_max(sound_crown_lower(model.graph, box, C, d, device=options.device).cpu(), clause_of_row, K)[0]
 
 
 def _merged(root: torch.Tensor, outcome: BaBOutcome, searched: torch.Tensor) -> torch.Tensor:
-    """Per clause certified lower bounds: the root's sound bound, raised for the ``searched`` clauses to
-    the minimum over closed domains when the search proved them (both are valid, so is their maximum)."""
+    """Per clause certified lower bounds of ReLU splitting: the root's sound bound, raised for the
+    ``searched`` clauses to the minimum over closed domains when the search proved them (both are valid,
+    so is their maximum)."""
     out = root.double().clone()
     if outcome.proved and outcome.bounds is not None and searched.numel():
         out[searched] = torch.maximum(out[searched], outcome.bounds.double())
@@ -158,13 +160,13 @@ class BaB:
             spec = spec.reshape_input(model.input_shape)
             decide = _input_decide if prop.n_inputs <= options.max_inputs else _relu_decide
             outcome, clause_bounds = decide(model, spec, options, budget, index)
-            bounds.append(tuple(float(v) for v in clause_bounds))
             domains += outcome.stats.get("domains", 0)
             peak = max(peak, outcome.stats.get("peak_store_mb", 0.0))
             stats = {"domains": domains, "peak_store_mb": peak}
             if outcome.counterexample is not None:
                 return Result(Verdict.FALSIFIED, self.name, time.perf_counter() - t0, counterexample=outcome.counterexample,
                               property=prop.name, options=opts, stats=stats)
+            bounds.append(tuple(float(v) for v in clause_bounds))
             if not outcome.proved:
                 reason = TIMEOUT if outcome.reason == "timeout" else f"{INCONCLUSIVE}: {outcome.reason}"
                 return Result(Verdict.UNKNOWN, self.name, time.perf_counter() - t0, reason=reason,

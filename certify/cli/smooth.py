@@ -93,8 +93,6 @@ def cmd_smooth(args) -> int:
         raise Usage(f"--n0, --n and --batch must be positive, got {args.n0}, {args.n}, {args.batch}")
     if not 0 < args.alpha < 1:
         raise Usage(f"--alpha: expected a number in (0, 1), got {args.alpha}")
-    if args.limit is not None and args.limit < 1:
-        raise Usage(f"--limit: expected a positive number of examples, got {args.limit}")
     check_output_paths(("--plot", args.plot), ("--csv", args.csv))
     check_device(args.device)
     apply_threads(args.threads)

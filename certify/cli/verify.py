@@ -77,12 +77,11 @@ def add_parsers(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def _robustness_properties(model, x, y, eps: Fraction, args) -> list:
+def _robustness_properties(model, x, y, eps: Fraction, clip: tuple[float, float] | None, args) -> list:
     import torch
 
     from ..spec import Property, robustness
 
-    clip = parse_clip(args.clip) if args.clip else None
     stem = Path(args.data).stem
     text = _eps_text(eps)
     props = []
@@ -235,10 +234,7 @@ def cmd_verify(args) -> int:
         raise Usage("--eps needs --data (a VNN-LIB file states its own input set)")
     if args.plot and not args.data:
         raise Usage("--plot needs --data: it draws accuracy against eps")
-    if args.limit is not None and args.limit < 1:
-        raise Usage(f"--limit: expected a positive number of inputs, got {args.limit}")
-    if args.clip:
-        parse_clip(args.clip)
+    clip = parse_clip(args.clip) if args.clip else None
     check_memory_limit(args.memory_limit)
     check_output_paths(("--out", args.out), ("--vnncomp-result", args.vnncomp_result), ("--plot", args.plot))
     check_device(args.device)
@@ -248,44 +244,47 @@ def cmd_verify(args) -> int:
         raise Usage("--out and --vnncomp-result record one method: give one --method")
     if len(eps_list) > 1 and (args.out or args.vnncomp_result):
         raise Usage("--out and --vnncomp-result record one radius: give one --eps")
+    if args.data:  # before the model: a bad --limit or data file fails without loading it
+        from ..data import load_labelled
+
+        x, y = load_labelled(args.data, args.limit)
     model = load_model(args.model, arch=args.arch, input_shape=parse_shape(args.input_shape),
                        allow_unsafe_pickle=args.allow_unsafe_pickle)
+    if args.specs:
+        props = []
+        for path in args.specs:
+            prop = read_vnnlib(path)
+            check_spec_fits(model, prop.n_inputs, prop.n_outputs, path)
+            props.append(prop)
+    elif x[0].size != model.n_inputs:
+        from ..errors import ShapeError
+
+        raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
+                         model.n_inputs, x[0].size)
 
     def emit(prop, method, r, eps=None):
         if args.json:
             print(json.dumps({"source": prop.source, **({"requested": method} if len(methods) > 1 else {}),
                               **({"eps": eps} if eps is not None else {}), **r.to_dict()}), flush=True)
 
+    runs = len(methods) * max(1, len(eps_list))
+    progress = Progress(runs * (len(props) if args.specs else len(y)), "answers" if runs > 1 else "properties",
+                        enabled=not args.quiet, label="certify verify")
     t0 = time.perf_counter()
     sweep: list[dict] = []
-    if args.specs:
-        props = []
-        for s in args.specs:
-            prop = read_vnnlib(s)
-            check_spec_fits(model, prop.n_inputs, prop.n_outputs, s)
-            props.append(prop)
-        progress = Progress(len(props) * len(methods), "answers" if len(methods) > 1 else "properties", enabled=not args.quiet, label="certify verify")
-        per_method = _run(model, props, methods, args, progress, emit)
-        progress.close()
-        all_results = [_answers(per_method, methods, props)]
-    else:
-        from ..data import load_labelled
-        from ..errors import ShapeError
-
-        x, y = load_labelled(args.data, args.limit)
-        if x[0].size != model.n_inputs:
-            raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
-                             model.n_inputs, x[0].size)
-        clean = _clean_accuracy(model, x, y)
-        progress = Progress(len(y) * len(methods) * len(eps_list), "answers" if len(methods) * len(eps_list) > 1 else "properties", enabled=not args.quiet,
-                            label="certify verify")
-        all_results = []
-        for eps in eps_list:
-            props = _robustness_properties(model, x, y, eps, args)
-            per_method = _run(model, props, methods, args, progress,
-                              lambda p, m, r, e=_eps_text(eps): emit(p, m, r, e))
-            all_results.append(_answers(per_method, methods, props))
-            sweep.append({"eps": _eps_text(eps), **_accuracy_summary(clean, len(y), per_method)})
+    try:
+        if args.specs:
+            all_results = [_answers(_run(model, props, methods, args, progress, emit), methods, props)]
+        else:
+            clean = _clean_accuracy(model, x, y)
+            all_results = []
+            for eps in eps_list:
+                props = _robustness_properties(model, x, y, eps, clip, args)
+                per_method = _run(model, props, methods, args, progress,
+                                  lambda p, m, r, e=_eps_text(eps): emit(p, m, r, e))
+                all_results.append(_answers(per_method, methods, props))
+                sweep.append({"eps": _eps_text(eps), **_accuracy_summary(clean, len(y), per_method)})
+    finally:
         progress.close()
     total = time.perf_counter() - t0
     every = [r for rs in all_results for r in rs]
