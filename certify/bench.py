@@ -95,38 +95,61 @@ def read_instances(path: str | Path) -> list[Instance]:
     return out
 
 
+def _instance_task(shared: dict, inst: dict) -> dict:
+    """One instance, where a worker runs it: load (once per worker) and verify; the row is ``Outcome``'s fields.
+    A model or property that cannot be read gives the answer ``error`` with the message; loading is
+    outside the timed part."""
+    from .scale.worker import load_model_ref, read_vnnlib_ref
+
+    base = dict(onnx=inst["onnx"], vnnlib=inst["vnnlib"], timeout=inst["timeout"], expected=inst["expected"])
+    try:
+        model = load_model_ref(inst["onnx_file"])
+        prop = read_vnnlib_ref(inst["vnnlib_file"])
+        t0 = time.perf_counter()
+        result = api.verify(model, prop, shared["method"], timeout=inst["timeout"], device=shared["device"],
+                            memory_mb=shared["memory_mb"], semantics=shared["semantics"])
+        outcome = Outcome(answer=answer([result]), method=result.method, time_s=time.perf_counter() - t0,
+                          note=result.reason, **base)
+    except CertifyError as exc:
+        outcome = Outcome(answer=ERROR, method=shared["method"], time_s=0.0, note=str(exc), **base)
+    return asdict(outcome)
+
+
+def _failed(task, failure) -> dict:
+    """The row of an instance whose worker died or overran: ``error`` (``timeout`` past its deadline)."""
+    inst = task.payload
+    return asdict(Outcome(onnx=inst["onnx"], vnnlib=inst["vnnlib"], timeout=inst["timeout"],
+                          answer="timeout" if failure.kind == "deadline" else ERROR, method="-",
+                          time_s=0.0, expected=inst["expected"], note=failure.reason))
+
+
+def instance_key(i: int, inst: Instance) -> str:
+    """The instance's name in a resume journal: its row number and files."""
+    return f"{i}:{inst.onnx}:{inst.vnnlib}"
+
+
 def run(instances: Sequence[Instance], method: str = "auto", *, timeout: float | None = None, device: str = "cpu",
         memory_mb: float | None = None, on_outcome: Callable[[Outcome], None] | None = None,
-        semantics: str = "runtime") -> list[Outcome]:
+        semantics: str = "runtime", executor=None, journal=None,
+        on_event: Callable[[str], None] | None = None) -> list[Outcome]:
     """Run ``method`` on every instance (``timeout`` overrides the per-instance one; ``memory_mb`` and
-    ``semantics`` as in ``api.verify``). A model or property
-    that cannot be read gives the answer ``error`` with the message; models and properties are loaded
-    once each, outside the timed part."""
-    from .models import load_model
-    from .vnnlib import read_vnnlib
+    ``semantics`` as in ``api.verify``), serially or on ``executor`` (``certify.scale.make_executor``:
+    local workers or Ray), skipping and keeping the rows ``journal`` already holds. ``on_outcome`` sees
+    every row as it finishes; the list returned is in the instances' order. Models and properties are
+    loaded once each per worker, outside the timed part."""
+    from .scale import FileRef, Serial, Task, deadline_for, execute
 
-    models: dict[Path, object] = {}
-    props: dict[Path, object] = {}
-    outcomes = []
-    for inst in instances:
+    tasks = []
+    for i, inst in enumerate(instances):
         limit = inst.timeout if timeout is None else timeout
-        base = dict(onnx=str(inst.onnx), vnnlib=str(inst.vnnlib), timeout=limit, expected=inst.expected)
-        try:
-            if inst.onnx not in models:
-                models[inst.onnx] = load_model(inst.onnx)
-            if inst.vnnlib not in props:
-                props[inst.vnnlib] = read_vnnlib(inst.vnnlib)
-            t0 = time.perf_counter()
-            result = api.verify(models[inst.onnx], props[inst.vnnlib], method, timeout=limit, device=device,
-                                memory_mb=memory_mb, semantics=semantics)
-            outcome = Outcome(answer=answer([result]), method=result.method, time_s=time.perf_counter() - t0,
-                              note=result.reason, **base)
-        except CertifyError as exc:
-            outcome = Outcome(answer=ERROR, method=method, time_s=0.0, note=str(exc), **base)
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-    return outcomes
+        tasks.append(Task(i, instance_key(i, inst),
+                          dict(onnx=str(inst.onnx), vnnlib=str(inst.vnnlib), timeout=limit, expected=inst.expected,
+                               onnx_file=FileRef(str(inst.onnx)), vnnlib_file=FileRef(str(inst.vnnlib))),
+                          deadline_for(limit)))
+    shared = dict(method=method, device=device, memory_mb=memory_mb, semantics=semantics)
+    rows = execute(_instance_task, shared, tasks, executor or Serial(), _failed, journal=journal,
+                   on_row=(lambda _t, row: on_outcome(Outcome(**row))) if on_outcome else None, on_event=on_event)
+    return [Outcome(**row) for row in rows]
 
 
 def summary(outcomes: Iterable[Outcome]) -> dict:

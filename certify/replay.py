@@ -106,3 +106,26 @@ def check(model: Model, spec: Spec, x, spec_index: int = 0, atol: float = 0.0) -
     k, margin = hit
     return Counterexample(candidate, y, spec_index, k, round_float(margin), model.reference_name,
                           _token=_REPLAY_TOKEN)
+
+
+def result_from_dict(d: dict, model: Model, prop) -> "Result":
+    """A result read back from ``Result.to_dict`` (a worker's answer, a resume journal's row). A falsified
+    answer's counterexample is re-run here on ``model`` with :func:`check`; if it does not replay, the
+    answer becomes unknown with that reason (a counterexample is never taken on trust)."""
+    from .results import Result, Verdict
+
+    cex = None
+    if d.get("verdict") == Verdict.FALSIFIED.value:
+        c = d.get("counterexample") or {}
+        index = int(c.get("spec_index", 0))
+        specs = prop.specs[index] if 0 <= index < len(prop.specs) else None
+        if specs is not None and c.get("x") is not None:
+            x = np.asarray(c["x"], dtype=np.float64)
+            for b in range(specs.batch_size):
+                cex = check(model, specs if specs.batch_size == 1 else specs[b], x, spec_index=index)
+                if cex is not None:
+                    break
+        if cex is None:
+            d = {**d, "verdict": Verdict.UNKNOWN.value, "guarantee": None,
+                 "reason": "backend_error: the counterexample sent back by a worker does not replay here"}
+    return Result.from_dict(d, cex)

@@ -139,5 +139,20 @@ class Result:
             "steps": [{"method": m, "time_s": round(t, 6), "verdict": v} for m, t, v in self.steps],
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], counterexample: Counterexample | None = None) -> "Result":
+        """The result ``to_dict`` wrote (``counterexample``: a replayed one for a falsified result; a
+        counterexample never travels as data, it is re-run on the model where it is read back)."""
+        def num(v: Any) -> float:
+            return float("nan") if v is None else float(v)  # "inf" / "-inf" read back as floats
+
+        return cls(Verdict(d["verdict"]), d["method"], float(d["time_s"]),
+                   guarantee=Guarantee(d["guarantee"]) if d.get("guarantee") else None,
+                   bounds=tuple(tuple(num(b) for b in spec) for spec in d.get("bounds") or ()),
+                   counterexample=counterexample, reason=d.get("reason") or "", property=d.get("property") or "",
+                   options=dict(d.get("options") or {}), stats=dict(d.get("stats") or {}),
+                   steps=tuple((s["method"], float(s["time_s"]), s["verdict"]) for s in d.get("steps") or ()),
+                   claim=d.get("claim") or "", semantics=d.get("semantics") or "runtime")
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -40,17 +40,26 @@ class SmoothRow:
         return d
 
 
+def certify_example(g: Smoothed, x: np.ndarray, label: int, index: int, sigma: float, *, n0: int = 100,
+                    n: int = 100_000, alpha: float = 0.001, batch: int = 10_000, seed: int = 0,
+                    device: str = "cpu", name: str = "") -> SmoothRow:
+    """``g.certify`` on example ``index``, with the noise of its own seeded stream (``example_generator(seed,
+    index)``): the row is the same whichever worker computes it, and in whatever order."""
+    t0 = time.perf_counter()
+    cert = g.certify(x, n0, n, alpha, batch, example_generator(seed, index, device))
+    return SmoothRow(name, float(sigma), index, int(label), cert.label, cert.radius, cert.p_lower,
+                     cert.label == int(label), time.perf_counter() - t0)
+
+
 def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, sigma: float, *, n0: int = 100, n: int = 100_000,
                     alpha: float = 0.001, batch: int = 10_000, seed: int = 0, device: str = "cpu",
                     name: str = "", on_row: Callable[[SmoothRow], None] | None = None) -> list[SmoothRow]:
-    """``Smoothed.certify`` on every example; example ``i`` draws from its own seeded stream."""
+    """:func:`certify_example` on every example, in order."""
     g = Smoothed.of_model(model, sigma, device)
     rows = []
     for i in range(x.shape[0]):
-        t0 = time.perf_counter()
-        cert = g.certify(x[i], n0, n, alpha, batch, example_generator(seed, i, device))
-        row = SmoothRow(name or model.path, float(sigma), i, int(y[i]), cert.label, cert.radius, cert.p_lower,
-                        cert.label == int(y[i]), time.perf_counter() - t0)
+        row = certify_example(g, x[i], int(y[i]), i, sigma, n0=n0, n=n, alpha=alpha, batch=batch, seed=seed,
+                              device=device, name=name or model.path)
         rows.append(row)
         if on_row is not None:
             on_row(row)

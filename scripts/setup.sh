@@ -27,3 +27,8 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('au
     "$PY" -m pip install -q --no-deps "auto_LiRPA==0.3" "appdirs>=1.4" \
         || echo "setup: auto_LiRPA (optional reference) not installed; its tests will be skipped" >&2
 fi
+# The optional Ray extra (--ray; its tests start a two-node local cluster, skipped when Ray is absent).
+if ! "$PY" -c "import ray" 2>/dev/null; then
+    echo "setup: installing Ray (optional extra certify[ray]; about 30 s)" >&2
+    "$PY" -m pip install -q "ray>=2.9" || echo "setup: Ray (optional) not installed; its tests will be skipped" >&2
+fi

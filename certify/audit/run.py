@@ -188,16 +188,16 @@ def _truth_from_vnnlib(path: Path) -> Truth:
     return Truth(prop.specs[0])
 
 
-def _ours(verifier: str, onnx: Path, vnnlib: Path, timeout: float, cache: dict) -> tuple[str, np.ndarray | None, str]:
+def _ours(verifier: str, onnx, vnnlib, timeout: float) -> tuple[str, np.ndarray | None, str]:
+    """One of our backends on an instance (``onnx``, ``vnnlib``: ``certify.scale`` file references; the
+    model is loaded once per worker)."""
     from .. import api
-    from ..models import load_model
     from ..results import Verdict
+    from ..scale.worker import load_model_ref
     from ..vnncomp import answer
     from ..vnnlib import read_vnnlib
 
-    if onnx not in cache:
-        cache[onnx] = load_model(onnx)
-    result = api.verify(cache[onnx], read_vnnlib(vnnlib), verifier, timeout=timeout)
+    result = api.verify(load_model_ref(onnx), read_vnnlib(vnnlib.local()), verifier, timeout=timeout)
     cex = result.counterexample.x if result.verdict is Verdict.FALSIFIED else None
     return answer([result]), cex, result.reason or result.claim
 
@@ -302,16 +302,50 @@ def cross_check(rows: list[AuditRow]) -> list[AuditRow]:
     return out
 
 
+def _instance_rows(shared: dict, inst: dict) -> list[dict]:
+    """Every verifier on one instance, judged (and cross-checked): the instance's rows, where a worker runs it."""
+    from ..scale.worker import read_vnnlib_ref
+
+    onnx, vnnlib = inst["onnx_file"].local(), inst["vnnlib_file"].local()
+    truth, shape = inst["truth"], inst["shape"]
+    if truth is None:
+        read_vnnlib_ref(inst["vnnlib_file"])  # a malformed file fails here, as the verifier would
+        truth = _truth_from_vnnlib(vnnlib)
+    group = []
+    for v in shared["names"]:
+        t0 = time.perf_counter()
+        crashed = False
+        try:
+            if shared["externals"][v] is not None:
+                word, cex, note = _external(shared["externals"][v], onnx, vnnlib, inst["timeout"])
+            else:
+                word, cex, note = _ours(v, inst["onnx_file"], inst["vnnlib_file"], inst["timeout"])
+        except CertifyError as exc:
+            word, cex, note = "error", None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a crash is a finding, not the end of the audit
+            word, cex, note, crashed = "error", None, f"{type(exc).__name__}: {exc}", True
+        dt = time.perf_counter() - t0
+        status, why = judge(inst["expected"], word, cex, truth, onnx, shape)
+        if status == UNKNOWN and (crashed or str(note).startswith("backend_error")):
+            status = CRASH
+        group.append(AuditRow(inst["name"], inst["expected"], word, status, dt, why or note, v))
+    return [asdict(r) for r in (cross_check(group) if len(group) > 1 else group)]
+
+
 def audit(suite: str | Path, verifier: str | list[str], timeout: float | None = None,
-          on_row: Callable[[AuditRow], None] | None = None) -> list[AuditRow]:
+          on_row: Callable[[AuditRow], None] | None = None, executor=None, journal=None,
+          on_event: Callable[[str], None] | None = None) -> list[AuditRow]:
     """Run every verifier of ``verifier`` (a name, a comma-separated list or a list) on every instance of
-    ``suite`` (an instances CSV, or a folder holding one), instance by instance, and judge each answer;
-    with several verifiers, disagreements between them are ``contradiction`` rows (:func:`cross_check`).
+    ``suite`` (an instances CSV, or a folder holding one), one task per instance (serially, or on
+    ``executor``: ``certify.scale.make_executor``; rows ``journal`` holds are kept and not rerun), and
+    judge each answer; with several verifiers, disagreements between them are ``contradiction`` rows
+    (:func:`cross_check`). Rows come back in the suite's order.
 
     A verifier that crashes (an exception other than certify's own input errors, or a result whose reason
-    is ``backend_error: ...``) gets status ``crash``; a model certify refuses to import
-    (``ModelError``/``UnsupportedOpError``) is an ``error`` answer, judged ``unknown``."""
-    from ..bench import read_instances
+    is ``backend_error: ...``), or whose worker died or overran, gets status ``crash``; a model certify
+    refuses to import (``ModelError``/``UnsupportedOpError``) is an ``error`` answer, judged ``unknown``."""
+    from ..bench import instance_key, read_instances
+    from ..scale import FileRef, Serial, Task, deadline_for, execute
 
     path = Path(suite)
     csv_path = path / "instances.csv" if path.is_dir() else path
@@ -319,36 +353,26 @@ def audit(suite: str | Path, verifier: str | list[str], timeout: float | None = 
     truths = _truths(csv_path)
     names = _verifier_list(verifier)
     externals = {v: _check_verifier(v) for v in names}
-    rows, cache = [], {}
-    for inst in instances:
+    tasks = []
+    for i, inst in enumerate(instances):
         limit = inst.timeout if timeout is None else timeout
-        key = str(Path(inst.vnnlib).resolve())
-        truth, shape, _acceptable = truths.get(key, (None, None, None))
-        if truth is None:
-            truth = _truth_from_vnnlib(inst.vnnlib)
-        group = []
-        for v in names:
-            t0 = time.perf_counter()
-            crashed = False
-            try:
-                if externals[v] is not None:
-                    word, cex, note = _external(externals[v], inst.onnx, inst.vnnlib, limit)
-                else:
-                    word, cex, note = _ours(v, inst.onnx, inst.vnnlib, limit, cache)
-            except CertifyError as exc:
-                word, cex, note = "error", None, str(exc)
-            except Exception as exc:  # noqa: BLE001 - a crash is a finding, not the end of the audit
-                word, cex, note, crashed = "error", None, f"{type(exc).__name__}: {exc}", True
-            dt = time.perf_counter() - t0
-            status, why = judge(inst.expected, word, cex, truth, inst.onnx, shape)
-            if status == UNKNOWN and (crashed or str(note).startswith("backend_error")):
-                status = CRASH
-            group.append(AuditRow(Path(inst.vnnlib).stem, inst.expected, word, status, dt, why or note, v))
-        for row in cross_check(group) if len(group) > 1 else group:
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
-    return rows
+        truth, shape, _acceptable = truths.get(str(Path(inst.vnnlib).resolve()), (None, None, None))
+        tasks.append(Task(i, instance_key(i, inst),
+                          dict(name=Path(inst.vnnlib).stem, expected=inst.expected, timeout=limit, truth=truth,
+                               shape=shape, onnx_file=FileRef(str(inst.onnx)), vnnlib_file=FileRef(str(inst.vnnlib))),
+                          deadline_for(limit * len(names))))
+
+    def failed(task, failure) -> list[dict]:
+        inst = task.payload
+        return [asdict(AuditRow(inst["name"], inst["expected"], "error", CRASH, 0.0, failure.reason, v)) for v in names]
+
+    def each(task, rows) -> None:
+        for row in rows:
+            on_row(AuditRow(**row))
+
+    groups = execute(_instance_rows, dict(names=names, externals=externals), tasks, executor or Serial(), failed,
+                     journal=journal, on_row=each if on_row is not None else None, on_event=on_event)
+    return [AuditRow(**row) for rows in groups for row in rows]
 
 
 def totals(rows: list[AuditRow], verifier: str | None = None) -> dict:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import CertifyError
-from .common import Usage, positive_seconds
+from .common import Usage, add_scale_options, close_scale, open_scale, positive_seconds
 
 AUDIT_EXAMPLES = """examples:
   certify audit-suite audit_suite --instances 50 --seed 0       # generate (about a minute)
@@ -20,6 +20,7 @@ AUDIT_EXAMPLES = """examples:
   certify audit ../shared/benchmarks/acasxu/expected_results.csv --verifier bab
   certify audit audit_suite --verifier crown,milp,bab,auto         # several: disagreements are contradictions
   certify audit-suite traps --family traps && certify audit traps --verifier crown,milp,auto
+  certify audit audit_suite --verifier auto --workers 2 --resume audit.jsonl   # 2 workers, resumable
 
 statuses: unsound (proved on an instance with a known counterexample), bad_counterexample (a sat answer
 whose counterexample leaves the box or does not reach an unsafe clause when re-run in onnxruntime),
@@ -62,6 +63,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--json", action="store_true", help="one JSON object per instance, then the totals")
     a.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    add_scale_options(a, "instance (all its verifiers)")
 
     g = sub.add_parser("audit-suite", help="generate soundness-audit instances with hidden counterexamples",
                        description="Generate ONNX + VNN-LIB instances with planted, attack-resistant "
@@ -102,14 +104,20 @@ def cmd_audit(args) -> int:
 
     names = _verifier_list(args.verifier)
     progress = Progress(None, "instances", enabled=not args.quiet, label="certify audit")
+    header = dict(command="audit", suite=str(Path(args.suite).resolve()), verifiers=names, timeout=args.timeout)
+    executor, journal = open_scale(args, header, progress)
 
     def on_row(row):
         if args.json:
             print(json.dumps(row.__dict__), flush=True)
         progress.step(row.status)
 
-    rows = audit(args.suite, names, args.timeout, on_row)
-    progress.close()
+    try:
+        rows = audit(args.suite, names, args.timeout, on_row, executor=executor, journal=journal,
+                     on_event=progress.note)
+    finally:
+        progress.close()
+        close_scale(executor, journal)
     tot = totals(rows)
     per = {v: totals(rows, v) for v in names}
     if args.json:

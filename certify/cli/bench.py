@@ -5,14 +5,17 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import (MEMORY_HELP, SEMANTICS_HELP, THREADS_HELP, Progress, Usage, apply_threads, check_backend,
-                     check_device, check_memory_limit,
-                     check_output_paths, positive_seconds, write_output)
+from .common import (MEMORY_HELP, SEMANTICS_HELP, THREADS_HELP, Progress, Usage, add_scale_options, apply_threads,
+                     check_backend, check_device, check_memory_limit, check_output_paths, close_scale, open_scale,
+                     positive_seconds, write_output)
 
 BENCH_EXAMPLES = """examples:
   certify bench ../shared/benchmarks/acasxu/instances.csv            # the competition's timeouts
   certify bench ../shared/benchmarks/acasxu/expected_results.csv --timeout 30 --csv acas.csv --markdown acas.md
   certify bench suite/instances.csv --every 10 --json                # a 10 % sample, JSON lines
+  certify bench ../shared/benchmarks/acasxu/instances.csv --workers 2 --csv acas.csv --resume acas.jsonl
+                                                                     # 2 local workers; rerun to resume
+  certify bench suite.csv --ray 10.0.0.1:6379                        # on a Ray cluster
 
 answers are the competition's: sat (counterexample found and replayed), unsat (proved), timeout, unknown,
 error (unreadable model or property). Score: +10 per answer matching the expected one, -150 per
@@ -44,6 +47,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--json", action="store_true", help="one JSON object per instance on stdout, then a summary")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    add_scale_options(s, "instance")
 
 
 def cmd_bench(args) -> int:
@@ -59,6 +63,9 @@ def cmd_bench(args) -> int:
         check_backend(args.method)
     instances = bench.read_instances(args.instances)[:: args.every]
     progress = Progress(len(instances), "instances", enabled=not args.quiet, label="certify bench")
+    header = dict(command="bench", instances=str(Path(args.instances).resolve()), every=args.every,
+                  method=args.method, timeout=args.timeout, semantics=args.semantics, memory_limit=args.memory_limit)
+    executor, journal = open_scale(args, header, progress)
     wrong = 0
     log = bench.CsvLog(args.csv) if args.csv else None
 
@@ -73,11 +80,15 @@ def cmd_bench(args) -> int:
 
     try:
         outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device,
-                             memory_mb=args.memory_limit, on_outcome=report, semantics=args.semantics)
+                             memory_mb=args.memory_limit, on_outcome=report, semantics=args.semantics,
+                             executor=executor, journal=journal, on_event=progress.note)
     finally:
         progress.close()
         if log is not None:
             log.close()
+        close_scale(executor, journal)
+    if args.csv:  # rows were streamed as they finished; the final file is in the instances' order
+        bench.write_csv(outcomes, args.csv)
     title = Path(args.instances).parent.name or Path(args.instances).stem
     if args.json:
         print(json.dumps({"summary": bench.summary(outcomes)}))

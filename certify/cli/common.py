@@ -157,8 +157,6 @@ def check_output_paths(*targets: tuple[str, str | None]) -> None:
 
 
 class Progress:
-    """A progress bar on stderr when it is a terminal and ``enabled``; otherwise it does nothing."""
-
     """Progress of a run of ``total`` items on stderr, unless ``enabled`` is false (``--quiet``).
 
     On a terminal: a bar. Elsewhere (a log file, a pipe, CI): one plain line at the first finished item,
@@ -193,6 +191,13 @@ class Progress:
             now = time.perf_counter()
             if self._last is None or now - self._last >= self.every:
                 self._line(now)
+
+    def note(self, message: str) -> None:
+        """A line that must be seen even with ``--quiet`` (a worker died, a task was retried)."""
+        if self._bar is not None:
+            self._bar.write(f"{self.label}: {message}", file=self.stream)
+        else:
+            print(f"{self.label}: {message}", file=self.stream, flush=True)
 
     def _tally(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.counts.items())
@@ -229,6 +234,51 @@ def check_device(name: str) -> None:
 
 
 Usage = UsageError  # the subcommands' name for it
+
+
+def add_scale_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--workers``, ``--ray``, ``--resume``: where the tasks (one per ``unit``) run, and the journal."""
+    g = parser.add_argument_group(f"scale-out (one task per {unit}; see README, Running on a cluster)")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run tasks on N local worker processes, one torch thread each (default 1: in this "
+                        "process). Answers and output order are those of a serial run")
+    g.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run tasks on a Ray cluster: HOST:PORT of its head, or auto (the default when no "
+                        "value is given): the cluster this machine belongs to, else a local one for this run. "
+                        "Needs pip install 'certify[ray]'")
+    g.add_argument("--resume", metavar="FILE",
+                   help="journal of finished rows (JSON lines): rows already in FILE are kept and not run "
+                        "again, new ones are appended as they finish. After an interruption run the same "
+                        "command again; a file from other settings is refused")
+
+
+def open_scale(args: argparse.Namespace, header: dict, progress: "Progress"):
+    """The executor and journal the scale-out options ask for (usage checked first, then the journal)."""
+    from ..scale import Journal, make_executor
+
+    if args.workers < 1:
+        raise UsageError(f"--workers: expected a positive number, got {args.workers}")
+    if args.ray is not None and args.workers != 1:
+        raise UsageError("--workers and --ray: give one of them (Ray runs one worker per CPU it has)")
+    check_output_paths(("--resume", args.resume))
+    journal = Journal(args.resume, header) if args.resume else None
+    try:
+        executor = make_executor(args.workers, args.ray, getattr(args, "memory_limit", None))
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
+    if journal is not None and journal.rows:
+        progress.note(f"resuming from {args.resume}: {len(journal.rows)} finished rows kept")
+    return executor, journal
+
+
+def close_scale(executor, journal) -> None:
+    try:
+        executor.close()
+    finally:
+        if journal is not None:
+            journal.close()
 
 
 class Parser(argparse.ArgumentParser):

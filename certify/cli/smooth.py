@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 from ..errors import CertifyError
-from .common import THREADS_HELP, Usage, apply_threads, check_backend
+from .common import THREADS_HELP, Usage, add_scale_options, apply_threads, check_backend, close_scale, open_scale
 
 SMOOTH_EXAMPLES = """examples:
   certify smooth model.pt --data digits:test --sigma 0.25                   # Cohen et al.'s defaults
   certify smooth m012.pt m025.pt m050.pt --sigma 0.12 0.25 0.5 --data digits:test --plot curves.png
   certify smooth net.onnx --data test.npz --sigma 0.25 --n 10000 --json    # quicker, JSON lines
   certify smooth model.pt --data digits:test --sigma 0.25 --compare crown   # beside a sound L2 radius
+  certify smooth model.pt --data digits:test --sigma 0.25 --workers 2       # 2 local workers, same rows
 
 what it certifies: with probability >= 1 - alpha over the noise, the SMOOTHED classifier g(x) =
 argmax_c P(f(x + N(0, sigma^2 I)) = c) predicts the reported class on the whole L2 ball of the
@@ -66,6 +67,7 @@ def add_parsers(sub) -> None:
     out.add_argument("--json", action="store_true", help="one JSON object per example on stdout, then a summary")
     out.add_argument("--quiet", action="store_true", help="no per-example table and no progress, only the summary")
     out.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    add_scale_options(sm, "example and sigma")
 
 
 def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
@@ -80,12 +82,45 @@ def _pairs(models: list[str], sigmas: list[float]) -> list[tuple[str, float]]:
                        "or one sigma per model")
 
 
+def _smooth_task(shared: dict, payload: tuple) -> dict:
+    """One example under one (model, sigma), where a worker runs it: its own noise stream, so the row does
+    not depend on the worker or the order; with ``--compare``, the largest L2 radius proved for the network."""
+    import dataclasses
+
+    from ..scale.worker import load_model_ref, memo
+    from ..smooth_report import certify_example, largest_proved_radius
+    from ..smoothing import Smoothed
+
+    path, sigma, index, x, label = payload
+    o = shared["options"]
+    model = shared["models"][path]
+    if not hasattr(model, "graph"):
+        model = load_model_ref(model, **shared["load"])
+    g = memo(("smoothed", path, sigma, o["device"]), lambda: Smoothed.of_model(model, sigma, o["device"]))
+    row = certify_example(g, x, label, index, sigma, n0=o["n0"], n=o["n"], alpha=o["alpha"], batch=o["batch"],
+                          seed=o["seed"], device=o["device"], name=path)
+    if o["compare"]:
+        row = dataclasses.replace(row, det_radius=largest_proved_radius(model, x, label, o["compare"],
+                                                                        device=o["device"]))
+    return dataclasses.asdict(row)
+
+
+def _smooth_failed(task, failure) -> dict:
+    """No certificate: the example is recorded as an abstention (radius 0); the reason went to stderr."""
+    import dataclasses
+
+    from ..smooth_report import SmoothRow
+
+    path, sigma, index, _, label = task.payload
+    return dataclasses.asdict(SmoothRow(path, float(sigma), index, int(label), None, 0.0, 0.0, False, 0.0))
+
+
 def cmd_smooth(args) -> int:
     from .common import ExitCode, Progress, check_device, check_output_paths, parse_shape as _parse_shape, table as _table
     from ..data import load_labelled
     from ..errors import ShapeError
     from ..models import load_model
-    from ..smooth_report import certify_dataset, group_label, largest_proved_radius, plot_curves, summary
+    from ..smooth_report import group_label, plot_curves, summary
 
     pairs = _pairs(args.models, args.sigma)
     radii = _floats(args.radii, "--radii")
@@ -111,29 +146,42 @@ def cmd_smooth(args) -> int:
                                    f"{Path(path).name} has {m.n_outputs} outputs")
             models[path] = m
 
+    from ..scale import FileRef, Serial, Task, execute
+    from ..smooth_report import SmoothRow
+
     progress = Progress(len(pairs) * len(y), "examples", enabled=not args.quiet, label="certify smooth")
-    groups: dict[str, list] = {}
+    header = dict(command="smooth", models=[str(Path(p).resolve()) for p in args.models],
+                  model_sha256=[models[p].sha256 for p, _ in pairs], sigma=args.sigma, data=args.data,
+                  limit=args.limit, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, seed=args.seed,
+                  compare=args.compare)
+    executor, journal = open_scale(args, header, progress)
+    serial = isinstance(executor, Serial)
+    shared = dict(models={p: m if serial else FileRef(p) for p, m in models.items()},
+                  load=dict(arch=args.arch, input_shape=_parse_shape(args.input_shape)),
+                  options=dict(n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch, seed=args.seed,
+                               device=args.device, compare=args.compare))
+    tasks = [Task(k * len(y) + i, f"{k}|{path}|{sigma!r}|{i}",
+                  (path, sigma, i, x[i], int(y[i])), None)
+             for k, (path, sigma) in enumerate(pairs) for i in range(len(y))]
+
+    def on_row(task, row) -> None:
+        r = SmoothRow(**row)
+        if args.json:
+            print(json.dumps(r.to_dict()), flush=True)
+        progress.step("abstain" if r.prediction is None else ("correct" if r.correct else "wrong"),
+                      f"sigma={r.sigma:g}")
+
     t0 = time.perf_counter()
-    for path, sigma in pairs:
-        model = models[path]
-
-        def on_row(row, model=model):
-            if args.compare:
-                import dataclasses
-
-                det = largest_proved_radius(model, x[row.index], row.label, args.compare, device=args.device)
-                row = dataclasses.replace(row, det_radius=det)
-            rows.append(row)
-            if args.json:
-                print(json.dumps(row.to_dict()), flush=True)
-            progress.step("abstain" if row.prediction is None else ("correct" if row.correct else "wrong"),
-                          f"sigma={sigma:g}")
-
-        rows: list = []
-        certify_dataset(model, x, y, sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch=args.batch,
-                        seed=args.seed, device=args.device, name=path, on_row=on_row)
-        groups[group_label(rows)] = rows
-    progress.close()
+    try:
+        rows = [SmoothRow(**row) for row in execute(_smooth_task, shared, tasks, executor, _smooth_failed,
+                                                     journal=journal, on_row=on_row, on_event=progress.note)]
+    finally:
+        progress.close()
+        close_scale(executor, journal)
+    groups: dict[str, list] = {}
+    for k in range(len(pairs)):
+        part = rows[k * len(y):(k + 1) * len(y)]
+        groups[group_label(part)] = part
     total = time.perf_counter() - t0
     every = [r for rows in groups.values() for r in rows]
     summ = summary(groups, radii, args.alpha)

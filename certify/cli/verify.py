@@ -11,9 +11,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from .common import (EXIT_CODES_HELP, MEMORY_HELP, SEMANTICS_HELP, THREADS_HELP, ExitCode, Progress, Usage,
-                     apply_threads, check_backend, check_device,
-                     check_memory_limit, check_output_paths, parse_clip, parse_eps_list, parse_shape, positive_seconds,
-                     table, version, write_output)
+                     add_scale_options, apply_threads, check_backend, check_device, check_memory_limit,
+                     check_output_paths, close_scale, open_scale, parse_clip, parse_eps_list, parse_shape,
+                     positive_seconds, table, version, write_output)
 
 VERIFY_EXAMPLES = """examples:
   certify verify net.onnx prop.vnnlib                      # one VNN-LIB property, method auto
@@ -25,6 +25,8 @@ VERIFY_EXAMPLES = """examples:
                  --method crown,alpha-crown,auto --timeout 5 --plot acc.png
                                                            # eps sweep: accuracy table and plot
   certify verify net.onnx prop.vnnlib --vnncomp-result out.txt --timeout 116
+  certify verify net.onnx --data mnist5k:test --eps 0.02 --workers 2 --resume run.jsonl
+                                                           # 2 local workers; rerun the same to resume
 
 verdicts: proved (sound: holds for every input of the set, floating point included), with its certified lower
 bound of the margin; falsified (a counterexample was replayed on onnxruntime / the eager model), with the
@@ -74,6 +76,7 @@ def add_parsers(sub) -> None:
                      help="write the VNN-COMP result file (sat + counterexample / unsat / timeout / unknown / error)")
     out.add_argument("--quiet", action="store_true", help="no table and no progress, only the summary")
     out.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    add_scale_options(v, "property and method (with --data: per input, radius and method)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,21 +206,64 @@ def fmt_margin(result) -> str:
     return "-"
 
 
-def _run(model, props: list, methods: list[str], args, progress: Progress, emit) -> dict:
-    """Every method on every property: ``{method: (results, seconds)}``; ``emit(prop, method, result)`` per answer."""
+def _verify_task(shared: dict, payload: tuple) -> dict:
+    """One property and method, where a worker runs it (the model loaded once per worker)."""
     from .. import api
+    from ..scale.worker import load_model_ref
 
-    per_method: dict[str, tuple[list, float]] = {}
-    for method in methods:
-        results, t_method = [], time.perf_counter()
-        for prop in props:
-            r = api.verify(model, prop, method, timeout=args.timeout, device=args.device, attack=not args.no_attack,
-                           memory_mb=args.memory_limit, semantics=args.semantics)
-            results.append(r)
-            emit(prop, method, r)
-            progress.step(r.verdict.value)
-        per_method[method] = (results, time.perf_counter() - t_method)
-    return per_method
+    method, prop = payload
+    model = shared["model"]
+    if not hasattr(model, "graph"):
+        model = load_model_ref(model, **shared["load"])
+    o = shared["options"]
+    return api.verify(model, prop, method, timeout=o["timeout"], device=o["device"], attack=o["attack"],
+                      memory_mb=o["memory_mb"], semantics=o["semantics"]).to_dict()
+
+
+def _failed_task(task, failure) -> dict:
+    """An answer whose worker died or overran its deadline: unknown, with the reason."""
+    from ..results import TIMEOUT, Result, Verdict
+
+    method, prop = task.payload
+    reason = f"{TIMEOUT} ({failure.reason})" if failure.kind == "deadline" else f"backend_error: {failure.reason}"
+    return Result(Verdict.UNKNOWN, method, 0.0, reason=reason, property=prop.name).to_dict()
+
+
+def _run(model, groups: list[tuple[str | None, list]], methods: list[str], args, progress: Progress, emit,
+         executor, journal) -> list[dict]:
+    """Every method on every property of every group (one group per radius; one for VNN-LIB files), as
+    tasks on ``executor``: per group ``{method: (results, seconds)}``, seconds summed over its answers;
+    ``emit(prop, method, result, eps)`` per answer as it finishes."""
+    from ..replay import result_from_dict
+    from ..scale import FileRef, Serial, Task, deadline_for, execute
+
+    tasks, where = [], []
+    for g, (eps, props) in enumerate(groups):
+        for method in methods:
+            for i, prop in enumerate(props):
+                key = f"{eps}|{method}|{i}" if eps is not None else f"{method}|{i}|{prop.source}"
+                tasks.append(Task(len(tasks), key, (method, prop), deadline_for(args.timeout)))
+                where.append((g, method, i))
+    shared = dict(model=model if isinstance(executor, Serial) else FileRef(str(args.model)),
+                  load=dict(arch=args.arch, input_shape=parse_shape(args.input_shape),
+                            allow_unsafe_pickle=args.allow_unsafe_pickle),
+                  options=dict(timeout=args.timeout, device=args.device, attack=not args.no_attack,
+                               memory_mb=args.memory_limit, semantics=args.semantics))
+    results: dict[int, object] = {}
+
+    def on_row(task, row) -> None:
+        g, method, i = where[task.index]
+        r = results[task.index] = result_from_dict(row, model, task.payload[1])
+        emit(task.payload[1], method, r, groups[g][0])
+        progress.step(r.verdict.value)
+
+    execute(_verify_task, shared, tasks, executor, _failed_task, journal=journal, on_row=on_row,
+            on_event=progress.note)
+    out: list[dict] = [{} for _ in groups]
+    for index, (g, method, i) in enumerate(where):
+        rs, t = out[g].get(method, ([], 0.0))
+        out[g][method] = (rs + [results[index]], t + results[index].time_s)
+    return out
 
 
 def cmd_verify(args) -> int:
@@ -262,7 +308,7 @@ def cmd_verify(args) -> int:
         raise ShapeError(f"{args.data}: input size (data vs model with input shape {list(model.input_shape)})",
                          model.n_inputs, x[0].size)
 
-    def emit(prop, method, r, eps=None):
+    def emit(prop, method, r, eps):
         if args.json:
             print(json.dumps({"source": prop.source, **({"requested": method} if len(methods) > 1 else {}),
                               **({"eps": eps} if eps is not None else {}), **r.to_dict()}), flush=True)
@@ -270,22 +316,27 @@ def cmd_verify(args) -> int:
     runs = len(methods) * max(1, len(eps_list))
     progress = Progress(runs * (len(props) if args.specs else len(y)), "answers" if runs > 1 else "properties",
                         enabled=not args.quiet, label="certify verify")
+    header = dict(command="verify", model=str(Path(args.model).resolve()), model_sha256=model.sha256,
+                  specs=[str(Path(p).resolve()) for p in args.specs], data=args.data, limit=args.limit,
+                  eps=args.eps, norm=args.norm, clip=args.clip, methods=methods, timeout=args.timeout,
+                  attack=not args.no_attack, semantics=args.semantics, memory_limit=args.memory_limit)
+    executor, journal = open_scale(args, header, progress)
     t0 = time.perf_counter()
     sweep: list[dict] = []
     try:
         if args.specs:
-            all_results = [_answers(_run(model, props, methods, args, progress, emit), methods, props)]
+            groups = [(None, props)]
         else:
             clean = _clean_accuracy(model, x, y)
-            all_results = []
-            for eps in eps_list:
-                props = _robustness_properties(model, x, y, eps, clip, args)
-                per_method = _run(model, props, methods, args, progress,
-                                  lambda p, m, r, e=_eps_text(eps): emit(p, m, r, e))
-                all_results.append(_answers(per_method, methods, props))
-                sweep.append({"eps": _eps_text(eps), **_accuracy_summary(clean, len(y), per_method)})
+            groups = [(_eps_text(eps), _robustness_properties(model, x, y, eps, clip, args)) for eps in eps_list]
+        per_group = _run(model, groups, methods, args, progress, emit, executor, journal)
+        all_results = [_answers(per_method, methods, props) for per_method, (_, props) in zip(per_group, groups)]
+        if not args.specs:
+            sweep = [{"eps": eps, **_accuracy_summary(clean, len(y), per_method)}
+                     for per_method, (eps, _) in zip(per_group, groups)]
     finally:
         progress.close()
+        close_scale(executor, journal)
     total = time.perf_counter() - t0
     every = [r for rs in all_results for r in rs]
 
