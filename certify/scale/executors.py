@@ -94,7 +94,15 @@ class _Worker:
     def __init__(self, ctx, fn: Callable, shared: Any):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, fn, shared), daemon=True)
-        self.proc.start()
+        try:  # started with Ctrl-C ignored (kept across exec): no traceback from a worker still importing
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: nothing to restore
+            previous = None
+        try:
+            self.proc.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         child.close()
         self.task: Task | None = None
         self.started = 0.0
