@@ -281,3 +281,41 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_no_row_is_lost(cluster, tmp
     assert len(killed) == 1
     assert [r[1] for r in rows] == [0, 1, 2, 3]
     assert rows[2][0] != killed[0]  # the killed task's row came from its retry on another worker
+
+
+# ----------------------------------------------------------------------------------------------- transport
+def test_a_worker_answer_is_read_back_with_its_counterexample_replayed_here_and_never_on_trust():
+    import numpy as np
+
+    from certify import api
+    from certify.models import load_model
+    from certify.replay import result_from_dict
+    from certify.results import Verdict
+    from certify.vnnlib import read_vnnlib
+
+    model = load_model(EXAMPLES / "digits_mlp.onnx")
+    prop = read_vnnlib(EXAMPLES / "digit2_label6_eps0.3.vnnlib")
+    r = api.verify(model, prop, "pgd", timeout=20)
+    assert r.verdict is Verdict.FALSIFIED
+    back = result_from_dict(json.loads(r.to_json()), model, prop)
+    assert back.verdict is Verdict.FALSIFIED and back.counterexample.replayed
+    assert np.array_equal(back.counterexample.x, r.counterexample.x) and back.margin_upper == r.margin_upper
+    forged = json.loads(r.to_json())
+    forged["counterexample"]["x"] = prop.specs[0].input.center.reshape(-1).tolist()  # the clean input: safe
+    back = result_from_dict(forged, model, prop)
+    assert back.verdict is Verdict.UNKNOWN and "does not replay" in back.reason
+
+
+@pytest.mark.slow
+def test_smooth_with_workers_gives_the_serial_rows(tmp_path):
+    args = ["smooth", str(EXAMPLES / "digits_mlp.onnx"), "--data", str(EXAMPLES / "test.npz"), "--limit", "6",
+            "--sigma", "0.25", "0.5", "--n", "2000", "--json"]
+    serial, parallel = _cli(*args), _cli(*args, "--workers", "2")
+    assert serial.returncode == parallel.returncode == 0, parallel.stderr
+
+    def rows(out: str) -> list:
+        lines = [json.loads(line) for line in out.splitlines()]
+        summary = [{k: v for k, v in g.items() if k != "time_s"} for g in lines[-1]["summary"]]
+        return sorted(tuple((k, v) for k, v in r.items() if k != "time_s") for r in lines[:-1]), summary
+
+    assert rows(serial.stdout) == rows(parallel.stdout)
