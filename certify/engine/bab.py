@@ -94,6 +94,20 @@ def _deciding_row(rows: Tensor, clause_of_row: Tensor, n_clauses: int) -> Tensor
     return torch.where(in_clause, rows, torch.full_like(rows, -torch.inf)).argmax(1)
 
 
+def _split_dimension(a: Tensor, width: Tensor, full_width: Tensor) -> Tensor:
+    """Per domain, the input dimension to bisect: the largest sum of two scores, each scaled to 1 at its
+    domain's maximum: ``|a_i| w_i`` (the deciding row's linear bound loses ``|a_i| w_i`` to dimension i)
+    and ``w_i / W_i`` (the width left of the root box's). The first alone is myopic: it keeps cutting the
+    dimensions the *linear* bound depends on, while the bound is loose because of the ReLUs the other
+    dimensions keep unstable. Measured on ACAS Xu with ``bab`` (40 s, one thread): 1_4 prop_1, 3_1 prop_1,
+    1_1 prop_2, 1_3 prop_3 and 4_5 prop_10 went from unknown after 32,000-40,000 domains to proved in 0.6
+    to 3.7 s (430-2,500 domains), 5_1 prop_3 from 29.5 s to 0.9 s, 1_1 prop_3 from 6,379 domains to 4,115.
+    Either score alone is worse than the sum on some of these."""
+    s1 = (a.abs() * width).flatten(1)
+    s2 = (width / full_width).flatten(1)
+    return (s1 / s1.amax(1, keepdim=True).clamp_min(1e-30) + s2 / s2.amax(1, keepdim=True).clamp_min(1e-30)).argmax(1)
+
+
 def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bound,
                 try_point: Callable[[Tensor], object | None], budget: Budget,
                 options: InputSplitOptions = InputSplitOptions()) -> BaBOutcome:
@@ -127,8 +141,7 @@ def input_split(box: Box, C: Tensor, d: Tensor, clause_of_row: Tensor, bound: Bo
         if found is not None:
             return BaBOutcome(False, counterexample=found, stats=store.stats(lower.shape[0]))
         width = hi - lo
-        score = (a.abs() * width).flatten(1) + 1e-12 * (width / full_width).flatten(1)  # ties: widest
-        dim = score.argmax(1)
+        dim = _split_dimension(a, width, full_width)
         flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
         mid = (flat_lo.gather(1, dim[:, None]) + flat_hi.gather(1, dim[:, None])) / 2
         left_hi = flat_hi.scatter(1, dim[:, None], mid)
