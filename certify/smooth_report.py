@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,21 +49,6 @@ def certify_example(g: Smoothed, x: np.ndarray, label: int, index: int, sigma: f
     cert = g.certify(x, n0, n, alpha, batch, example_generator(seed, index, device))
     return SmoothRow(name, float(sigma), index, int(label), cert.label, cert.radius, cert.p_lower,
                      cert.label == int(label), time.perf_counter() - t0)
-
-
-def certify_dataset(model: Model, x: np.ndarray, y: np.ndarray, sigma: float, *, n0: int = 100, n: int = 100_000,
-                    alpha: float = 0.001, batch: int = 10_000, seed: int = 0, device: str = "cpu",
-                    name: str = "", on_row: Callable[[SmoothRow], None] | None = None) -> list[SmoothRow]:
-    """:func:`certify_example` on every example, in order."""
-    g = Smoothed.of_model(model, sigma, device)
-    rows = []
-    for i in range(x.shape[0]):
-        row = certify_example(g, x[i], int(y[i]), i, sigma, n0=n0, n=n, alpha=alpha, batch=batch, seed=seed,
-                              device=device, name=name or model.path)
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    return rows
 
 
 def certified_accuracy(radii: Sequence[float], certified: Sequence[tuple[bool, float]]) -> list[float]:

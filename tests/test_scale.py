@@ -2,6 +2,7 @@
 killed mid-task is retried and no row is lost; an interrupted run resumes from its journal."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -33,10 +34,12 @@ def _tasks(n: int, deadline: float | None = None, **payload) -> list[Task]:
     return [Task(i, f"t{i}", {"value": i, **payload}, deadline) for i in range(n)]
 
 
-def _killer(folder: Path, stop: threading.Event, value: int | None = None, times: int = 1) -> list[int]:
-    """Kill (SIGKILL) the worker that marks ``folder`` (with task ``value`` only, when given), ``times`` times;
-    the probe sleeps after marking, so the kill lands mid-task."""
+@contextlib.contextmanager
+def _killing(folder: Path, value: int | None = None, times: int = 1):
+    """While the block runs, kill (SIGKILL) the worker that marks ``folder`` (with task ``value`` only, when
+    given), ``times`` times; yields the killed pids. The probe sleeps after marking: the kill lands mid-task."""
     killed: list[int] = []
+    stop = threading.Event()
 
     def run() -> None:
         while not stop.is_set() and len(killed) < times:
@@ -50,7 +53,10 @@ def _killer(folder: Path, stop: threading.Event, value: int | None = None, times
             time.sleep(0.02)
 
     threading.Thread(target=run, daemon=True).start()
-    return killed
+    try:
+        yield killed
+    finally:
+        stop.set()
 
 
 # ----------------------------------------------------------------------------------------------- executors
@@ -61,13 +67,10 @@ def test_local_workers_return_every_row_in_task_order_from_several_processes():
 
 
 def test_a_worker_killed_mid_task_is_retried_and_no_row_is_lost(tmp_path):
-    stop, events = threading.Event(), []
-    killed = _killer(tmp_path, stop, value=1)
-    try:
+    events = []
+    with _killing(tmp_path, value=1) as killed:
         rows = execute(probe, None, _tasks(4, sleep=1.0, mark=str(tmp_path)), ProcessPool(2, retries=2), _failed,
                        on_event=events.append)
-    finally:
-        stop.set()
     assert len(killed) == 1
     assert [r[1] for r in rows] == [0, 1, 2, 3]  # the killed task's row came from its retry
     assert rows[1][0] != killed[0]  # ... on a fresh worker
@@ -75,13 +78,10 @@ def test_a_worker_killed_mid_task_is_retried_and_no_row_is_lost(tmp_path):
 
 
 def test_retries_are_bounded_then_the_row_records_why(tmp_path):
-    stop, events = threading.Event(), []
-    killed = _killer(tmp_path, stop, value=0, times=2)
-    try:
+    events = []
+    with _killing(tmp_path, value=0, times=2) as killed:
         rows = execute(probe, None, _tasks(3, sleep=1.0, mark=str(tmp_path)), ProcessPool(2, retries=1), _failed,
                        on_event=events.append)
-    finally:
-        stop.set()
     assert len(killed) == 2
     assert rows[0]["failed"] == "died" and "killed by SIGKILL" in rows[0]["reason"]
     assert [r[1] for r in rows[1:]] == [1, 2]
@@ -271,12 +271,10 @@ def test_a_ray_worker_killed_mid_task_is_retried_and_no_row_is_lost(cluster, tmp
 
     pool = RayPool(cluster, retries=2)
     assert pool.workers == 2  # both nodes' CPUs
-    stop = threading.Event()
-    killed = _killer(tmp_path, stop, value=2)
     try:
-        rows = execute(probe, None, _tasks(4, sleep=1.5, mark=str(tmp_path)), pool, _failed)
+        with _killing(tmp_path, value=2) as killed:
+            rows = execute(probe, None, _tasks(4, sleep=1.5, mark=str(tmp_path)), pool, _failed)
     finally:
-        stop.set()
         pool.close()
     assert len(killed) == 1
     assert [r[1] for r in rows] == [0, 1, 2, 3]

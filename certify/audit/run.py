@@ -189,15 +189,14 @@ def _truth_from_vnnlib(path: Path) -> Truth:
 
 
 def _ours(verifier: str, onnx, vnnlib, timeout: float) -> tuple[str, np.ndarray | None, str]:
-    """One of our backends on an instance (``onnx``, ``vnnlib``: ``certify.scale`` file references; the
-    model is loaded once per worker)."""
+    """One of our backends on an instance (``onnx``, ``vnnlib``: ``certify.scale`` file references; each
+    is read once per worker)."""
     from .. import api
     from ..results import Verdict
-    from ..scale.worker import load_model_ref
+    from ..scale.worker import load_model_ref, read_vnnlib_ref
     from ..vnncomp import answer
-    from ..vnnlib import read_vnnlib
 
-    result = api.verify(load_model_ref(onnx), read_vnnlib(vnnlib.local()), verifier, timeout=timeout)
+    result = api.verify(load_model_ref(onnx), read_vnnlib_ref(vnnlib), verifier, timeout=timeout)
     cex = result.counterexample.x if result.verdict is Verdict.FALSIFIED else None
     return answer([result]), cex, result.reason or result.claim
 
@@ -304,12 +303,9 @@ def cross_check(rows: list[AuditRow]) -> list[AuditRow]:
 
 def _instance_rows(shared: dict, inst: dict) -> list[dict]:
     """Every verifier on one instance, judged (and cross-checked): the instance's rows, where a worker runs it."""
-    from ..scale.worker import read_vnnlib_ref
-
     onnx, vnnlib = inst["onnx_file"].local(), inst["vnnlib_file"].local()
     truth, shape = inst["truth"], inst["shape"]
     if truth is None:
-        read_vnnlib_ref(inst["vnnlib_file"])  # a malformed file fails here, as the verifier would
         truth = _truth_from_vnnlib(vnnlib)
     group = []
     for v in shared["names"]:

@@ -67,7 +67,7 @@ def cmd_bench(args) -> int:
                   method=args.method, timeout=args.timeout, semantics=args.semantics, memory_limit=args.memory_limit)
     executor, journal = open_scale(args, header, progress)
     wrong = 0
-    log = bench.CsvLog(args.csv) if args.csv else None
+    log = None
 
     def report(o: "bench.Outcome") -> None:
         nonlocal wrong
@@ -78,7 +78,8 @@ def cmd_bench(args) -> int:
             print(json.dumps({**o.__dict__, "correct": o.correct, "wrong": o.wrong}), flush=True)
         progress.step(o.answer, f"{Path(o.vnnlib).stem}: {o.answer}, wrong {wrong}")
 
-    try:
+    try:  # the CSV is opened (truncated) only once the journal was accepted
+        log = bench.CsvLog(args.csv) if args.csv else None
         outcomes = bench.run(instances, args.method, timeout=args.timeout, device=args.device,
                              memory_mb=args.memory_limit, on_outcome=report, semantics=args.semantics,
                              executor=executor, journal=journal, on_event=progress.note)

@@ -87,15 +87,13 @@ def _smooth_task(shared: dict, payload: tuple) -> dict:
     not depend on the worker or the order; with ``--compare``, the largest L2 radius proved for the network."""
     import dataclasses
 
-    from ..scale.worker import load_model_ref, memo
+    from ..scale.worker import memo, model_of
     from ..smooth_report import certify_example, largest_proved_radius
     from ..smoothing import Smoothed
 
     path, sigma, index, x, label = payload
     o = shared["options"]
-    model = shared["models"][path]
-    if not hasattr(model, "graph"):
-        model = load_model_ref(model, **shared["load"])
+    model = model_of(shared["models"][path], shared["load"])
     g = memo(("smoothed", path, sigma, o["device"]), lambda: Smoothed.of_model(model, sigma, o["device"]))
     row = certify_example(g, x, label, index, sigma, n0=o["n0"], n=o["n"], alpha=o["alpha"], batch=o["batch"],
                           seed=o["seed"], device=o["device"], name=path)

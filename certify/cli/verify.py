@@ -209,12 +209,10 @@ def fmt_margin(result) -> str:
 def _verify_task(shared: dict, payload: tuple) -> dict:
     """One property and method, where a worker runs it (the model loaded once per worker)."""
     from .. import api
-    from ..scale.worker import load_model_ref
+    from ..scale.worker import model_of
 
     method, prop = payload
-    model = shared["model"]
-    if not hasattr(model, "graph"):
-        model = load_model_ref(model, **shared["load"])
+    model = model_of(shared["model"], shared["load"])
     o = shared["options"]
     return api.verify(model, prop, method, timeout=o["timeout"], device=o["device"], attack=o["attack"],
                       memory_mb=o["memory_mb"], semantics=o["semantics"]).to_dict()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -85,14 +84,10 @@ def forget() -> None:
 
 def one_thread() -> None:
     """Workers compute on one torch thread each: on a shared machine more would oversubscribe its cores."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
+    import torch
 
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def load_model_ref(ref: "FileRef | Blob", **kwargs: Any):
@@ -100,6 +95,12 @@ def load_model_ref(ref: "FileRef | Blob", **kwargs: Any):
     from ..models import load_model
 
     return memo(("model", ref.key, tuple(sorted(kwargs.items()))), lambda: load_model(ref.local(), **kwargs))
+
+
+def model_of(value: Any, load: dict):
+    """The task's model: ``value`` itself when the driver passed its loaded ``Model`` (serial runs), else
+    :func:`load_model_ref` of the file reference with the driver's loading options ``load``."""
+    return value if hasattr(value, "graph") else load_model_ref(value, **load)
 
 
 def read_vnnlib_ref(ref: "FileRef | Blob"):
