@@ -197,6 +197,7 @@ def test_an_interrupted_bench_resumes_from_its_journal_without_rerunning_finishe
     rows = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
     assert len(rows) == 30 and len({r["key"] for r in rows}) == 30  # each instance ran once in all
     serial = _cli("bench", str(suite), "--csv", str(tmp_path / "s.csv"), "--quiet")
+    assert serial.returncode == 0, serial.stderr
     assert _answers(tmp_path / "r.csv") == _answers(tmp_path / "s.csv")
 
 
