@@ -135,6 +135,89 @@ def test_gradients_of_the_bounds_match_finite_differences():
         assert _gradcheck(net, x, lambda graph, logits: torch.cat([margins(graph, box, y).flatten(), logits.flatten()]))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_one_pass_interval_equals_the_engine_rules_on_the_graph_it_returns(seed):
+    """``BoundModel.interval`` (centre-width through Linear/Conv + BatchNorm, label rows of the elided last
+    layer) against ``interval_bounds`` of the returned graph and against the elided graph's IBP, in both modes;
+    in training mode the graph's BatchNorm statistics are the batch means and biased variances of the box
+    centres, and the running statistics move as ``nn.BatchNorm``'s would on those centres."""
+    gen = torch.Generator().manual_seed(200 + seed)
+    for net in _nets(seed):
+        for training in (False, True):
+            net.train(training)
+            ref = copy.deepcopy(net)
+            x = torch.rand(9, *net.input_shape, generator=gen)
+            y = torch.randint(0, net.body[-1].out_features, (9,), generator=gen)
+            box = _box(x, 0.04)
+            bound = BoundModel(net, net.input_shape)
+            graph, boxes = bound.interval(box)
+            out = interval_bounds(graph, box, all_nodes=True)
+            for name, b in boxes.items():
+                assert torch.allclose(b.lower, out[name].lower, atol=1e-5) and torch.allclose(b.upper, out[name].upper, atol=1e-5), name
+            g2, env = BoundModel(copy.deepcopy(ref), net.input_shape).interval(box, last=False)
+            assert graph.output not in env
+            lo, hi = ibp_margin_bounds(g2, box, y, env=env)
+            want_lo, want_hi = ibp_margin_bounds(graph, box, y)  # all K^2 rows through the engine, then gathered
+            assert torch.allclose(lo, want_lo, atol=1e-5) and torch.allclose(hi, want_hi, atol=1e-5)
+            assert (lo.gather(1, y[:, None]) == 0).all()
+            if training:  # the first BatchNorm sees the centres of its input boxes: nn.BatchNorm on the centre input
+                with torch.no_grad():
+                    ref((box.lower + box.upper) / 2)
+                a, b = (next(m for m in k.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))) for k in (net, ref))
+                assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+                assert torch.allclose(a.running_var, b.running_var, atol=1e-5)
+
+
+def test_one_pass_interval_at_eps_zero_is_the_clean_network_and_its_gradient_checks():
+    """At eps 0 the centres are the clean batch: the graph is the network ``nn.BatchNorm`` computes in training
+    mode and the margins are its logit differences; gradcheck of the margins (centre statistics included)."""
+    torch.manual_seed(4)
+    net = CNN3((1, 8, 8), n_classes=4, mean=0.3, std=0.3).train()
+    ref = copy.deepcopy(net)
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 4, (16,))
+    graph, boxes = BoundModel(net, (1, 8, 8)).interval(Box(x, x))
+    want = ref(x)
+    assert torch.allclose(graph(x), want, atol=1e-4)
+    assert torch.allclose(boxes[graph.output].lower, want, atol=1e-4)
+    _, env = BoundModel(copy.deepcopy(ref), (1, 8, 8)).interval(Box(x, x), last=False)
+    m = ibp_margin_bounds(graph, Box(x, x), y, env=env)[0]
+    assert torch.allclose(m, want.gather(1, y[:, None]) - want, atol=1e-4)
+
+    net64 = CNN3((1, 6, 6), n_classes=3, width=0.25, mean=0.2, std=0.5).double().train()
+    x64 = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    y64 = torch.tensor([0, 1, 2, 1])
+    box = _box(x64, 0.05)
+    names = [n for n, _ in net64.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in net64.parameters())
+    bound = BoundModel(net64, (1, 6, 6))
+
+    def f(*ps):
+        with torch.nn.utils.stateless._reparametrize_module(net64, dict(zip(names, ps))):
+            g, env = bound.interval(box, last=False)
+            return torch.cat([b.flatten() for b in ibp_margin_bounds(g, box, y64, env=env)])
+
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_pass_margins_contain_sampled_margins_of_the_graph_they_bound(seed):
+    gen = torch.Generator().manual_seed(300 + seed)
+    for net in _nets(seed):
+        net.train()
+        x = torch.rand(12, *net.input_shape, generator=gen)
+        y = torch.randint(0, net.body[-1].out_features, (12,), generator=gen)
+        box = _box(x, 0.05)
+        with torch.no_grad():
+            graph, env = BoundModel(net, net.input_shape).interval(box, last=False)
+            lo, hi = ibp_margin_bounds(graph, box, y, env=env)
+            pts = _samples(box, 200, gen)
+            logits = graph(pts.flatten(0, 1)).reshape(200, 12, -1)
+        true = logits.gather(2, y.reshape(1, 12, 1).expand(200, 12, 1)) - logits
+        slack = 1e-4 * (1 + true.abs().max())
+        assert (lo <= true.min(0).values + slack).all() and (hi >= true.max(0).values - slack).all()
+
+
 def test_batchnorm_in_training_mode_is_what_pytorch_computes():
     torch.manual_seed(1)
     net = CNN3((1, 8, 8), n_classes=4, mean=0.3, std=0.3).train()
@@ -300,3 +383,22 @@ def test_fused_loss_gradient_matches_finite_differences():
         return fused_crown_ibp_loss(graph, box, y, *ibp_margin_bounds(graph, box, y))
 
     assert _gradcheck(net, x, fused)
+
+
+def test_one_pass_interval_batchnorm_after_a_relu_takes_the_centres_statistics():
+    """A BatchNorm that does not follow an affine layer (here after a ReLU) also draws its statistics from the
+    centres of its input boxes, and the boxes equal the engine's on the graph returned."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3)).train()
+    ref = copy.deepcopy(net)
+    x = torch.rand(10, 6)
+    box = _box(x, 0.1)
+    graph, boxes = BoundModel(net, (6,)).interval(box)
+    out = interval_bounds(graph, box, all_nodes=True)
+    for name, b in boxes.items():
+        assert torch.allclose(b.lower, out[name].lower, atol=1e-5) and torch.allclose(b.upper, out[name].upper, atol=1e-5)
+    with torch.no_grad():
+        h = out[graph.nodes[1].output]  # the ReLU's output box
+        ref[2]((h.lower + h.upper) / 2)
+    assert torch.allclose(net[2].running_mean, ref[2].running_mean, atol=1e-6)
+    assert torch.allclose(net[2].running_var, ref[2].running_var, atol=1e-6)

@@ -33,7 +33,7 @@ losses (eps in [0, 1] pixel units; the data set's normalisation is part of the m
   mtl-ibp    (1 - alpha) CE at the attack point + alpha CE of the IBP worst case (De Palma et al. 2024)
 certified losses follow Shi et al. 2021: IBP initialisation, --warmup-epochs at eps 0, a smooth eps ramp over
 --ramp-epochs, tightness and ReLU-balance regularisers during the ramp, BatchNorm with batch statistics
-inside the bounds, gradient clipping. Each epoch reports clean, PGD and certified (sound IBP / CROWN)
+(of the box centres, the clean batch at eps 0) inside the bounds, gradient clipping. Each epoch reports clean, PGD and certified (sound IBP / CROWN)
 accuracy on the first --eval-size test examples.
 """
 

@@ -5,10 +5,13 @@ it into an engine ``Graph`` whose parameters *are* the module's parameters (no c
 losses below run the float32 fast path of the same rule table the verifiers use (``engine.ibp``,
 ``engine.crown``): there is no second implementation of IBP or CROWN here.
 
-BatchNorm in training mode is an affine op whose scale and shift come from the statistics of the clean
-batch at that layer (Shi et al. 2021, section 3.3; as auto_LiRPA computes it): ``s = gamma / sqrt(var + e)``,
-``t = beta - mean s`` with the biased batch variance, the running statistics updated as ``nn.BatchNorm``
-would. In eval mode the running statistics are used, so the graph is the network the checkpoint holds.
+BatchNorm in training mode is an affine op ``s = gamma / sqrt(var + e)``, ``t = beta - mean s`` whose
+statistics are those of the batch at that layer, the biased variance, the running statistics updated as
+``nn.BatchNorm`` would. ``BoundModel(module)(x)`` draws them from the clean batch ``x`` (Shi et al. 2021
+with auto_LiRPA draw them so, from a separate clean pass); ``BoundModel.interval(box)``, what the losses
+use, draws them from the centres of the boxes at that layer, which costs no extra pass and is the clean
+batch at eps 0 (see ``interval``). In eval mode the running statistics are used, so the graph is the
+network the checkpoint holds.
 
 Supported: Linear, Conv2d (zero padding), BatchNorm1d/2d, ReLU (module or function), Flatten / reshape /
 view, Identity, ``Normalize`` (``certify.training.arch``), and shape arithmetic (``x.shape[0]``). Anything
@@ -18,6 +21,7 @@ from the module would train the wrong network.
 from __future__ import annotations
 
 import operator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,6 +34,7 @@ from ..sets import Box
 from ..engine.crown import compute_boxes, crown_lower
 from ..engine.fp import FAST
 from ..engine.ibp import interval_bounds
+from ..engine.rules import RULES, node_box
 
 _SHAPE_FUNCS = {operator.getitem, getattr, operator.mul, operator.floordiv, operator.add}
 _RESHAPE_METHODS = {"view", "reshape", "flatten"}
@@ -78,6 +83,96 @@ class BoundModel:
         elif n.op == "call_method" and n.target not in _RESHAPE_METHODS | {"relu", "size"}:
             raise CertifyError(f"certified training: method .{n.target}() has no bound rule here")
 
+    def interval(self, box: Box, last: bool = True) -> tuple[Graph, dict[str, Box]]:
+        """``(graph, boxes)`` for the input box ``[B, *input_shape]``: IBP through the module in one pass, the
+        box of every tensor the graph's nodes read by name (the network's output too, unless ``last`` is
+        false and the last layer is Linear: the elided margins of ``ibp_margin_bounds`` read only its
+        input), and the graph
+        of the network those boxes belong to.
+
+        BatchNorm in training mode takes its statistics from the *centres* of its input boxes (the batch
+        ``(l + u) / 2`` at that layer), so the bounds need no separate clean pass: IBP costs two applications
+        of each layer, forward and backward, where statistics from the clean batch would add a third. At eps
+        0 the centres are the clean batch and this is ``nn.BatchNorm`` exactly. Every op is the engine's own
+        rule in fast mode (``rules.node_box``), except that a Linear/Conv2d followed by BatchNorm is kept in
+        centre-width form, ``c' = L c + b``, ``w' = |L| w`` (the rule's ``forward`` and ``abs_forward``, as its
+        IBP computes them), then ``s c' + t`` and ``|s| w'``: the BatchNorm's statistics need the centre
+        anyway, and the end points are formed once, after it. In eval mode the graph equals ``self(x)[0]``."""
+        lo = box.lower.reshape(box.lower.shape[0], *self.input_shape)
+        box = Box(lo, box.upper.reshape(lo.shape))
+        env: dict[Any, Any] = {}  # fx node -> a tensor of the node's shape (shape arithmetic reads it)
+        names: dict[Any, str] = {}
+        boxes: dict[str, Box] = {"input": box}
+        pending: dict[str, tuple[Tensor, Tensor]] = {}  # affine outputs kept as (centre, width) for BatchNorm
+        nodes: list[Node] = []
+        out_name = None
+
+        def arg(a):
+            return torch.fx.node.map_arg(a, lambda n: env[n])
+
+        def box_of(name: str) -> Box:
+            if name not in boxes:
+                c, w = pending[name]
+                boxes[name] = Box(torch.add(c, w, alpha=-0.5), torch.add(c, w, alpha=0.5))
+            return boxes[name]
+
+        fx_nodes = list(self.fx.graph.nodes)
+        final = next(n.args[0] for n in fx_nodes if n.op == "output")
+        for n in fx_nodes:
+            if n.op == "placeholder":
+                env[n], names[n] = lo, "input"
+                continue
+            if n.op == "output":
+                out_name = names[n.args[0]]
+                break
+            if n.op == "get_attr":
+                raise CertifyError(f"certified training: parameter access {n.target} outside a layer")
+            values = arg(n.args)
+            if _is_shape_op(n) or not any(a in names for a in n.all_input_nodes):
+                env[n] = self._shape_op(n, values, arg(n.kwargs))
+                continue
+            src = next(a for a in n.all_input_nodes if a in names)
+            module = self.modules.get(n.target) if n.op == "call_module" else None
+            users = list(n.users)
+            if _is_batchnorm(module) and names[src] in pending:
+                c, w = pending[names[src]]
+                op, params, _ = "affine", _batchnorm(module, c), None
+                rule = RULES["affine"]
+                pending[n.name] = (rule.forward(params, c), rule.abs_forward(params, w))
+                shape = tuple(c.shape[1:])
+            elif _is_batchnorm(module):  # not after an affine layer: statistics of its input boxes' centres
+                op, params, out = _batchnorm_box(module, box_of(names[src]))
+                boxes[n.name] = out
+                shape = tuple(out.lower.shape[1:])
+            else:
+                op, params, _ = self._lower(n, env[src], values, arg(n.kwargs), forward=False)
+                node = Node(n.name, op, (names[src],), n.name, params, ())
+                if n is final and not last and op == "linear":
+                    shape = (params["weight"].shape[0],)
+                elif op in ("linear", "conv2d") and len(users) == 1 and _is_batchnorm(self.modules.get(users[0].target)):
+                    src_box, rule = box_of(names[src]), RULES[op]
+                    c = rule.forward(params, torch.lerp(src_box.lower, src_box.upper, 0.5))
+                    pending[n.name] = (c, rule.abs_forward(params, src_box.upper - src_box.lower))
+                    shape = tuple(c.shape[1:])
+                else:
+                    out = node_box(node, [box_of(names[src])], FAST)[0]
+                    boxes[n.name] = out
+                    shape = tuple(out.lower.shape[1:])
+            node = Node(n.name, op, (names[src],), n.name, params, shape)
+            env[n] = boxes[n.name].lower if n.name in boxes else pending[n.name][0] if n.name in pending else None
+            names[n] = n.name
+            prev = nodes[-1] if nodes else None
+            if (op == "affine" and _is_batchnorm(module) and prev is not None
+                    and prev.output == names[src] and prev.op in ("linear", "conv2d") and len(src.users) == 1):
+                nodes[-1] = _fold(prev, params, n.name)
+                continue
+            nodes.append(node)
+        for name in pending:  # every tensor a node of the graph reads has its box (CROWN-IBP, regularisers)
+            if any(name in m.inputs for m in nodes):
+                box_of(name)
+        graph = Graph("input", self.input_shape, tuple(nodes), out_name, nodes[-1].shape)
+        return graph, boxes
+
     def __call__(self, x: Tensor) -> tuple[Graph, Tensor]:
         """``(graph, logits)`` for the batch ``x`` ``[B, *input_shape]``: the graph's BatchNorm nodes use this
         batch's statistics when the module is in training mode."""
@@ -124,30 +219,33 @@ class BoundModel:
             return getattr(values[0], n.target)(*values[1:], **kwargs)
         raise CertifyError(f"certified training: unexpected node {n.format_node()}")
 
-    def _lower(self, n, x: Tensor, values, kwargs) -> tuple[str, dict, Tensor]:
+    def _lower(self, n, x: Tensor, values, kwargs, forward: bool = True) -> tuple[str, dict, Tensor | None]:
+        """The engine op and parameters of fx node ``n`` whose data input is ``x`` (BatchNorm statistics are
+        drawn from ``x``), and its value on ``x`` unless ``forward`` is false (``None`` for the affine layers
+        then: ``interval`` applies the engine's rule instead)."""
         if n.op == "call_module":
             m = self.modules[n.target]
             if isinstance(m, nn.Linear):
                 p = {"weight": m.weight, "bias": m.bias}
-                return "linear", p, F.linear(x, m.weight, m.bias)
+                return "linear", p, F.linear(x, m.weight, m.bias) if forward else None
             if isinstance(m, nn.Conv2d):
                 p = {"weight": m.weight, "bias": m.bias, "stride": m.stride, "padding": m.padding,
                      "dilation": m.dilation, "groups": m.groups}
-                return "conv2d", p, m(x)
+                return "conv2d", p, m(x) if forward else None
             if _is_batchnorm(m):
                 p = _batchnorm(m, x)
-                return "affine", p, x * p["scale"] + p["shift"]
+                return "affine", p, x * p["scale"] + p["shift"] if forward else None
             if isinstance(m, nn.ReLU):
-                return "relu", {}, F.relu(x)
+                return "relu", {}, F.relu(x) if forward else None
             if isinstance(m, nn.Identity):
                 return "identity", {}, x
             if isinstance(m, nn.Flatten):
                 y = m(x)
                 return "reshape", {"shape": tuple(y.shape[1:])}, y
             p = {"scale": m.scale, "shift": m.shift}  # Normalize: (x - mean) / std as x * scale + shift
-            return "affine", p, x * m.scale + m.shift
+            return "affine", p, x * m.scale + m.shift if forward else None
         if n.target in (F.relu, torch.relu, "relu"):
-            return "relu", {}, F.relu(x)
+            return "relu", {}, F.relu(x) if forward else None
         y = self._shape_op(n, values, kwargs)  # flatten / view / reshape of the data tensor
         return "reshape", {"shape": tuple(y.shape[1:])}, y
 
@@ -166,15 +264,43 @@ def _fold(node: Node, bn: dict[str, Tensor], name: str) -> Node:
     return Node(node.name, node.op, node.inputs, name, {**node.params, "weight": W, "bias": b}, node.shape)
 
 
-def _batchnorm(m: nn.Module, x: Tensor) -> dict[str, Tensor]:
+def _channel_major(x: Tensor) -> Tensor:
+    """``[B, C, *S]`` -> ``[C, B * prod(S)]`` (a copy): per-channel sums become row sums, which torch reduces
+    (and back-propagates through) many times faster on the CPU than sums over dims ``(0, 2, 3)``."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def _batch_major(x: Tensor, like: Tensor) -> Tensor:
+    """The inverse of ``_channel_major`` for a tensor shaped like ``like``."""
+    return x.reshape(like.shape[1], like.shape[0], *like.shape[2:]).transpose(0, 1)
+
+
+def _batchnorm_box(m: nn.Module, box: Box) -> tuple[str, dict[str, Tensor], Box]:
+    """BatchNorm on a box as the engine's ``affine`` op, statistics from the box centres in training mode
+    (``BoundModel.interval``): ``(op, params, output box)``, the rule applied in the channel-major layout."""
+    if box.lower.dim() <= 2:
+        params = _batchnorm(m, torch.lerp(box.lower, box.upper, 0.5))
+        return "affine", params, node_box(Node("bn", "affine", ("x",), "bn", params, ()), [box], FAST)[0]
+    lo, hi = _channel_major(box.lower), _channel_major(box.upper)
+    flat = _batchnorm(m, torch.lerp(lo, hi, 0.5), channel_major=True)  # scale, shift [C, 1]
+    out = node_box(Node("bn", "affine", ("x",), "bn", flat, ()), [Box(lo, hi)], FAST)[0]
+    shape = (box.lower.shape[1],) + (1,) * (box.lower.dim() - 2)
+    params = {k: v.reshape(shape) for k, v in flat.items()}
+    return "affine", params, Box(_batch_major(out.lower, box.lower), _batch_major(out.upper, box.lower))
+
+
+def _batchnorm(m: nn.Module, x: Tensor, channel_major: bool = False) -> dict[str, Tensor]:
     """Scale and shift of a BatchNorm layer as the engine's ``affine`` op (per channel, broadcast over
     ``[B, C, *spatial]``): batch statistics of ``x`` in training mode (running statistics updated), running
     statistics in eval mode."""
-    dims = [0] + list(range(2, x.dim()))
-    shape = (x.shape[1],) + (1,) * (x.dim() - 2)
+    if not channel_major and x.dim() > 2:
+        params = _batchnorm(m, _channel_major(x), channel_major=True)
+        shape = (x.shape[1],) + (1,) * (x.dim() - 2)
+        return {k: v.reshape(shape) for k, v in params.items()}
+    shape = (x.shape[0], 1) if channel_major else (x.shape[1],)
+    dims = [1] if channel_major else [0]
     if m.training:
-        # two passes of plain sums: torch.var_mean over (0, 2, 3) is ten times slower on the CPU
-        n = x.numel() // x.shape[1]
+        n = x.shape[1] if channel_major else x.shape[0]
         mean = x.sum(dims) / n
         var = (x - mean.reshape(shape)).square().sum(dims) / n
         with torch.no_grad():
@@ -233,14 +359,27 @@ def elided(graph: Graph) -> Graph:
 
 
 def ibp_margin_bounds(graph: Graph, box: Box, y: Tensor, relu_boxes: list | None = None,
-                      boxes: dict | None = None) -> tuple[Tensor, Tensor]:
+                      boxes: dict | None = None, env: dict[str, Box] | None = None) -> tuple[Tensor, Tensor]:
     """Lower and upper bounds ``[B, K]`` of ``f_y(x) - f_j(x)`` over the box by IBP with the last layer elided
     (fast mode: float32, differentiable; not a certificate). ``relu_boxes``, if a list, receives the box of
     every ReLU's input (for the warm-up regularisers), and ``boxes``, if a dict, the box of every tensor read
-    by a node of ``graph`` (what a CROWN-IBP pass needs), from the same pass."""
+    by a node of ``graph`` (what a CROWN-IBP pass needs), from the same pass. ``env``: the IBP boxes of
+    ``graph``'s tensors over ``box`` already computed (``BoundModel.interval``); only the elided last layer
+    is then applied."""
     K = graph.n_outputs
+    last = graph.nodes[-1]
+    if env is not None and last.op == "linear" and last.output == graph.output:
+        if relu_boxes is not None:
+            relu_boxes.extend(env[n.inputs[0]] for n in graph.nodes if n.op == "relu")
+        if boxes is not None:
+            boxes.update({name: env[name] for n in graph.nodes for name in n.inputs})
+        return _label_rows_ibp(last.params["weight"], last.params.get("bias"), env[last.inputs[0]], y)
     g = elided(graph)
-    env = interval_bounds(g, box, all_nodes=True)
+    if env is None:
+        env = interval_bounds(g, box, all_nodes=True)
+    else:
+        last = g.nodes[-1]
+        env = {**env, g.output: node_box(last, [env[name] for name in last.inputs], FAST)[0]}
     if boxes is not None:
         boxes.update({name: env[name] for n in graph.nodes for name in n.inputs})
     if relu_boxes is not None:
@@ -248,6 +387,23 @@ def ibp_margin_bounds(graph: Graph, box: Box, y: Tensor, relu_boxes: list | None
     idx = (y * K).unsqueeze(1) + torch.arange(K, device=y.device)
     out = env[g.output]
     return out.lower.gather(1, idx), out.upper.gather(1, idx)
+
+
+def _label_rows_ibp(W: Tensor, b: Tensor | None, box: Box, y: Tensor) -> tuple[Tensor, Tensor]:
+    """IBP of ``f_y - f_j = (W_y - W_j) h + b_y - b_j`` over the box of ``h``, for each instance's own label ``y``
+    only: the elided last layer (``elided``) restricted to the ``K`` rows an instance uses, instead of all
+    ``K^2``. Centre-width form as the engine's affine rule: ``c' = D c + d`` (here ``(W c + b)_y - (W c + b)_j``)
+    and ``w' = |D| w``, the instances grouped by label so that each group is one matrix product."""
+    c, w = torch.lerp(box.lower, box.upper, 0.5), box.upper - box.lower
+    logits = F.linear(c, W, b)
+    centre = logits.gather(1, y[:, None]) - logits
+    K = W.shape[0]
+    order = torch.argsort(y)
+    counts = torch.bincount(y, minlength=K).tolist()
+    groups = w[order].split(counts)
+    width = torch.cat([g @ (W[k] - W).abs().t() for k, g in enumerate(groups) if len(g)])
+    width = torch.empty_like(width).index_copy(0, order, width)
+    return torch.add(centre, width, alpha=-0.5), torch.add(centre, width, alpha=0.5)
 
 
 def ibp_margins(graph: Graph, box: Box, y: Tensor, relu_boxes: list | None = None) -> Tensor:
