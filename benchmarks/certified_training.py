@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-LOSSES = ("ce", "pgd", "ibp", "crown-ibp", "sabr", "cc-ibp", "mtl-ibp")
+LOSSES = ("ce", "pgd", "ibp", "crown-ibp", "crown-ibp+lf", "sabr", "cc-ibp", "mtl-ibp")  # +lf: loss fusion
 
 
 def ensure_data(name: str) -> None:
@@ -100,7 +100,9 @@ def main() -> None:
     for loss in args.losses.split(","):
         torch.manual_seed(args.seed)
         module = _import_arch(ARCHS[args.arch], kwargs)
-        opts = TrainOptions(loss=loss, eps=args.eps if loss != "ce" else 0.0, epochs=args.epochs, seed=args.seed)
+        name, fusion = loss.removesuffix("+lf"), loss.endswith("+lf")  # crown-ibp+lf: --loss-fusion
+        opts = TrainOptions(loss=name, eps=args.eps if name != "ce" else 0.0, epochs=args.epochs, seed=args.seed,
+                            loss_fusion=fusion)
         t0 = time.perf_counter()
         hist = train(module, x, y, shape, opts,
                      on_epoch=lambda s: print(f"  {loss} epoch {s.epoch}: loss {s.loss:.3f} eps {s.eps:.4g} "
@@ -108,7 +110,7 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         times = [h.time_s for h in hist]
         res = certify_points(module, shape, xt, yt, args.eps, args.timeout, 10)
-        settled = times[opts.warmup_epochs + opts.ramp:] if loss in CERTIFIED else times  # eps at its target
+        settled = times[opts.warmup_epochs + opts.ramp:] if name in CERTIFIED else times  # eps at its target
         row = {"loss": loss, "epoch_s": round(statistics.mean(times), 2), "max_epoch_s": round(max(times), 2),
                "settled_epoch_s": round(statistics.mean(settled or times), 2), "train_s": round(train_s, 1), **res}
         if loss == "ce":

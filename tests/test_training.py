@@ -402,3 +402,37 @@ def test_one_pass_interval_batchnorm_after_a_relu_takes_the_centres_statistics()
         ref[2]((h.lower + h.upper) / 2)
     assert torch.allclose(net[2].running_mean, ref[2].running_mean, atol=1e-6)
     assert torch.allclose(net[2].running_var, ref[2].running_var, atol=1e-6)
+
+
+def test_kappa_schedule_runs_from_kappa_start_to_kappa():
+    opts = TrainOptions(loss="ibp", eps=0.1, kappa_start=1.0, kappa=0.5)
+    kappas = [Step(None, None, None, None, 0.1, p, opts, None).kappa for p in (0.0, 0.5, 1.0)]
+    assert kappas == pytest.approx([1.0, 0.75, 0.5])
+    assert Step(None, None, None, None, 0.1, 0.3, TrainOptions(loss="ibp", eps=0.1), None).kappa == 0.0
+
+
+def test_warmup_regulariser_is_the_published_formula():
+    """The dot-product form against the definitions written out plainly (Shi et al. 2021, section 3.2)."""
+    from certify.training.regularisers import warmup_regulariser
+
+    gen = torch.Generator().manual_seed(7)
+    tol = 0.5
+    box_in = Box(torch.zeros(8, 3, dtype=torch.float64), torch.full((8, 3), 0.2, dtype=torch.float64))
+    boxes = []
+    for shape in ((8, 4, 3, 3), (8, 6)):
+        c = torch.randn(shape, generator=gen, dtype=torch.float64)
+        r = torch.rand(shape, generator=gen, dtype=torch.float64) * 0.6
+        boxes.append(Box(c - r, c + r))
+    want = 0.0
+    r0 = ((box_in.upper - box_in.lower) / 2).mean()
+    for b in boxes:
+        c, r = (b.upper + b.lower) / 2, (b.upper - b.lower) / 2
+        want += max(0.0, tol - float(r0 / r.mean())) / tol
+        act, inact = c[b.lower > 0], c[b.upper < 0]
+        rho_mean = float(act.sum() / c.numel()) / -float(inact.sum() / c.numel())
+        dev = (c - c.mean()) ** 2
+        rho_var = float(dev[b.lower > 0].sum() / dev[b.upper < 0].sum())
+        rho_mean, rho_var = min(rho_mean, 1 / rho_mean), min(rho_var, 1 / rho_var)
+        want += (max(0.0, tol - rho_mean) + max(0.0, tol - rho_var)) / tol
+    got = warmup_regulariser(box_in, boxes, tol)
+    assert float(got) == pytest.approx(want / len(boxes), rel=1e-12)

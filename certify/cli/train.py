@@ -26,7 +26,7 @@ then certify it (eps, norm and clip as trained):
 losses (eps in [0, 1] pixel units; the data set's normalisation is part of the model):
   ce         cross-entropy                       noise      on x + N(0, S^2 I) (--noise-sigma S)
   pgd        PGD adversarial training (Madry et al. 2018, --pgd-steps)
-  ibp        IBP worst-case logits (Gowal et al. 2018), mixed with ce by kappa 1 -> --kappa over the ramp
+  ibp        IBP worst-case logits (Gowal et al. 2018), mixed with ce by kappa --kappa-start -> --kappa
   crown-ibp  CROWN-IBP (Zhang et al. 2020): CROWN over IBP boxes, weight beta 1 -> 0 over the ramp
   sabr       IBP over a box of radius --sabr-lambda * eps around an attack point (Mueller et al. 2023)
   cc-ibp     CE of (1 - alpha) attack margins + alpha IBP margins (De Palma et al. 2024)
@@ -62,6 +62,9 @@ def add_parsers(sub) -> None:
     lo.add_argument("--kappa", type=float, default=0.0,
                     help="ibp/crown-ibp: weight of the clean loss at the end of the ramp (default 0 as Shi et al.; "
                          "Gowal et al. used 0.5)")
+    lo.add_argument("--kappa-start", type=float, default=0.0,
+                    help="ibp/crown-ibp: weight of the clean loss at the start of the ramp (default 0: Shi et al. train "
+                         "on the robust loss alone; Gowal et al. start at 1)")
     lo.add_argument("--sabr-lambda", type=float, default=0.4, help="sabr: box radius as a fraction of eps (default 0.4, "
                                                                    "the paper's MNIST 0.1 setting)")
     lo.add_argument("--alpha", type=float, default=0.5, help="cc-ibp/mtl-ibp: weight of the IBP part (default 0.5; "
@@ -138,7 +141,7 @@ def cmd_train(args) -> int:
     loss = args.loss or ("noise" if args.noise_sigma > 0 else "ce")
     options = TrainOptions(loss=loss, eps=args.eps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            lr_decay=args.lr_decay, grad_clip=args.grad_clip, warmup_epochs=args.warmup_epochs,
-                           ramp_epochs=args.ramp_epochs, kappa=args.kappa, sabr_lambda=args.sabr_lambda,
+                           ramp_epochs=args.ramp_epochs, kappa=args.kappa, kappa_start=args.kappa_start, sabr_lambda=args.sabr_lambda,
                            alpha=args.alpha, loss_fusion=args.loss_fusion, pgd_steps=args.pgd_steps, attack_steps=args.attack_steps,
                            noise_sigma=args.noise_sigma, reg_lambda=args.reg_lambda, reg_tol=args.reg_tol,
                            ibp_init=not args.no_ibp_init, clip=parse_clip(args.clip), seed=args.seed, device=args.device)

@@ -7,7 +7,8 @@ natural cross-entropy (the margins are shift-invariant).
 
 * ``ce``: cross-entropy. ``noise``: on ``x + N(0, sigma^2 I)`` (Cohen et al. 2019).
 * ``pgd``: on a PGD point of the eps-ball (Madry et al. 2018).
-* ``ibp``: ``kappa CE(f(x)) + (1 - kappa) CE(-m_IBP)`` (Gowal et al. 2018; last layer elided).
+* ``ibp``: ``kappa CE(f(x)) + (1 - kappa) CE(-m_IBP)`` (Gowal et al. 2018; last layer elided). By default
+  kappa is 0 throughout, the robust loss alone as Shi et al. 2021 train; Gowal et al. ramp it 1 -> 0.5.
 * ``crown-ibp``: the same with ``m = beta m_CROWN-IBP + (1 - beta) m_IBP``, beta 1 -> 0 over the ramp (Zhang
   et al. 2020); once beta is 0 the CROWN pass is skipped. With ``loss_fusion`` the robust part is instead
   ``beta L + (1 - beta) CE(-m_IBP)`` with ``L`` the loss-fusion bound of one CROWN row
@@ -65,8 +66,9 @@ class Step:
 
     @property
     def kappa(self) -> float:
-        """Weight of the natural loss (ibp, crown-ibp): 1 -> ``options.kappa`` over the ramp."""
-        return 1.0 - self.progress * (1.0 - self.options.kappa)
+        """Weight of the natural loss (ibp, crown-ibp): ``options.kappa_start -> options.kappa`` over the ramp."""
+        o = self.options
+        return o.kappa_start + self.progress * (o.kappa - o.kappa_start)
 
     def attack(self, steps: int, step_size: float) -> Tensor:
         return pgd_ce(self.module, self.x, self.y, self.eps, steps, step_size, self.clip, self.generator)

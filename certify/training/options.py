@@ -28,7 +28,8 @@ class TrainOptions:
     grad_clip: float = 10.0
     warmup_epochs: int = 1
     ramp_epochs: int | None = None
-    kappa: float = 0.0  # natural-loss weight at the end of the ramp (ibp, crown-ibp); 1 at its start
+    kappa: float = 0.0  # natural-loss weight at the end of the ramp (ibp, crown-ibp)
+    kappa_start: float = 0.0  # ... and at its start: 0 -> 0 is Shi et al.'s robust loss alone, Gowal et al. 1 -> 0.5
     sabr_lambda: float = 0.4
     alpha: float = 0.5  # cc-ibp / mtl-ibp: weight of the IBP part
     loss_fusion: bool = False  # crown-ibp: one CROWN row bounding the loss (Xu et al. 2020) instead of K - 1 margins
@@ -53,11 +54,11 @@ class TrainOptions:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise UsageError(f"--{name.replace('_', '-')}: expected a positive number, got {v}")
-        for name in ("eps", "noise_sigma", "reg_lambda", "reg_tol", "kappa"):
+        for name in ("eps", "noise_sigma", "reg_lambda", "reg_tol", "kappa", "kappa_start"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 raise UsageError(f"--{name.replace('_', '-')}: expected a non-negative number, got {v}")
-        for name in ("sabr_lambda", "alpha", "kappa", "lr_decay"):
+        for name in ("sabr_lambda", "alpha", "kappa", "kappa_start", "lr_decay"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UsageError(f"--{name.replace('_', '-')}: expected a number in [0, 1], got {getattr(self, name)}")
         if self.warmup_epochs < 0 or (self.ramp_epochs is not None and self.ramp_epochs < 0):

@@ -9,7 +9,7 @@ chosen so that the two pieces meet with the same slope:
 
 A slow polynomial start keeps the bounds from exploding while the network is still loose; the linear end
 reaches the target in finite time. After the ramp, eps stays at the target. ``progress`` (0 -> 1 over the
-ramp) drives the other coefficients: kappa (natural-loss weight) 1 -> ``kappa_end``, CROWN-IBP's beta
+ramp) drives the other coefficients: kappa (natural-loss weight) ``kappa_start -> kappa``, CROWN-IBP's beta
 1 -> 0, the regularisers' intensity ``lambda (1 - eps_t / eps)``.
 """
 from __future__ import annotations
