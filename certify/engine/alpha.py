@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..graph import Graph
 from ..sets import InputSet
-from .crown import _needs_bounds, compute_boxes, crown_lower, sound_crown_lower
+from .crown import RowSlopes, _needs_bounds, compute_boxes, crown_lower, sound_crown_lower
 from .fp import FAST
 from .rules import RULES
 
@@ -50,22 +50,49 @@ def _adaptive(node, boxes, rows: int) -> Tensor:
     return a.unsqueeze(1).expand(-1, rows, *a.shape[1:]).clone().requires_grad_(True)
 
 
+def _unstable(box) -> Tensor:
+    """Flat indices of the values whose interval contains 0 in some instance of the batch."""
+    lo, hi = box.lower.flatten(1), box.upper.flatten(1)
+    return ((lo < 0) & (hi > 0)).any(0).nonzero()[:, 0]
+
+
 def _initial(graph: Graph, boxes, R: int, options: AlphaOptions):
+    """Adaptive starting slopes: for the final rows, and for the intermediate tensors only for the rows of
+    their *unstable* values (``rows``): a value whose interval excludes 0 meets a ReLU that is already exact
+    there, and whatever slopes are chosen its CROWN bound from the start stays valid (kept in ``base``)."""
     relus = [(i, n) for i, n in enumerate(graph.nodes) if RULES[n.op].alpha]
     final = {n.name: _adaptive(n, boxes, R) for _, n in relus}
     inter: dict[str, dict[str, Tensor]] = {}
+    rows: dict[str, Tensor] = {}
     if options.intermediate:
         producer = {n.output: i for i, n in enumerate(graph.nodes)}
         total = 0
         for t in _needs_bounds(graph):
-            rows = 2 * boxes[t].lower[0].numel()
+            if t not in boxes:
+                continue
             chosen = {n.name: n for i, n in relus if i < producer.get(t, -1)}  # the input: no ReLU before it
-            total += sum(rows * boxes[n.inputs[0]].lower.numel() for n in chosen.values())
-            if chosen:
-                inter[t] = {name: _adaptive(n, boxes, rows) for name, n in chosen.items()}
+            rows[t] = _unstable(boxes[t])
+            n_rows = 2 * rows[t].numel()
+            total += sum(n_rows * boxes[n.inputs[0]].lower.numel() for n in chosen.values())
+            if chosen and n_rows:
+                inter[t] = {name: _adaptive(n, boxes, n_rows) for name, n in chosen.items()}
         if total > options.max_intermediate_elements:
-            inter = {}
-    return final, inter
+            inter, rows = {}, {}
+    return final, inter, rows
+
+
+def _full_rows(graph: Graph, boxes, inter, rows):
+    """Intermediate slopes of the unstable rows (``_initial``) spread to all ``2 n`` rows of each tensor, the
+    other rows at their adaptive start (the layout the sound re-certification reads), marked as ``RowSlopes``
+    so that it repeats only the unstable rows with them."""
+    out = {}
+    by_name = {n.name: n for n in graph.nodes}
+    for t, per in inter.items():
+        n = boxes[t].lower[0].numel()
+        pick = torch.cat([rows[t], rows[t] + n])
+        out[t] = RowSlopes({k: _adaptive(by_name[k], boxes, 2 * n).detach().index_copy(1, pick.to(v.device), v)
+                            for k, v in per.items()}, rows[t])
+    return out
 
 
 def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
@@ -79,7 +106,7 @@ def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
     C, d = C.to(g.device, dtype), d.to(g.device, dtype)
     with torch.no_grad():
         boxes = compute_boxes(g, s, FAST)
-    final, inter = _initial(g, boxes, C.shape[1], options)
+    final, inter, rows = _initial(g, boxes, C.shape[1], options)
     if not final:
         with torch.no_grad():
             return {}, {}, crown_lower(g, s, C, d, FAST, boxes=boxes)
@@ -90,7 +117,7 @@ def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
     for _ in range(options.iterations + 1):
         if best is not None and time.perf_counter() - start > time_limit:
             break
-        boxes_it = compute_boxes(g, s, FAST, alphas=inter) if inter else boxes
+        boxes_it = compute_boxes(g, s, FAST, alphas=inter, rows=rows, base=boxes) if inter else boxes
         value = crown_lower(g, s, C, d, FAST, boxes=boxes_it, alphas=final)
         total = float(value.detach().sum())
         if total > best_sum:
@@ -107,7 +134,7 @@ def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
             for per in inter.values():
                 for k, v in per.items():
                     v.clamp_(floors[k], 1.0)
-    return best
+    return best[0], _full_rows(g, boxes, best[1], rows), best[2]
 
 
 def alpha_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,

@@ -230,7 +230,8 @@ def _exact_under_ibp(graph: Graph, input_set: InputSet) -> set[str]:
 
 def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True,
                   alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
-                  intersect_ibp: bool = True) -> dict[str, Box]:
+                  intersect_ibp: bool = True, rows: Mapping[str, Tensor] | None = None,
+                  base: Mapping[str, Box] | None = None) -> dict[str, Box]:
     """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``).
 
     Every neuron there is refined, stable ones included: their tighter bounds tighten the IBP of the
@@ -238,6 +239,9 @@ def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool
     slopes (rows ``+e_i`` then ``-e_i``) for the pass that bounds tensor ``t``; the bound with CROWN's
     own slopes is then computed too and the tighter one kept. ``intersect_ibp=False`` keeps CROWN's
     bounds alone at those tensors (plain CROWN as published, and as auto_LiRPA computes it: looser).
+    ``rows[t]`` (flat value indices) restricts the refinement of ``t`` to those values, the others keeping
+    ``base[t]`` (valid bounds from an earlier pass, intersected with this pass's IBP); ``alphas[t]`` then
+    holds slopes for those rows only (``+e_i`` for each index in order, then ``-e_i``).
     Tensors IBP bounds exactly (``_exact_under_ibp``: the first layer over a box) are not refined: a CROWN pass
     there costs as much as all the others of a two-layer CNN and gains at most rounding."""
     boxes = Boxes({graph.input: rnd.input_box(input_set.bounds())})
@@ -252,27 +256,59 @@ def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool
                 inf = torch.full_like(boxes[node.output].lower, torch.inf)
                 boxes[node.output] = Box(-inf, inf)
             own = alphas.get(node.output) if alphas else None
-            boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd, own)
+            only = rows.get(node.output) if rows is not None else None
+            if only is None:
+                boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd, own)
+            else:
+                boxes[node.output] = _refine_some(graph, boxes, input_set, node.output, rnd, own, only,
+                                                  base[node.output] if base is not None else None)
     return boxes
 
 
+def _refine_some(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, rnd: Rounding,
+                 alphas: Mapping[str, Tensor] | None, only: Tensor, base: Box | None) -> Box:
+    """``_refine`` of the values ``only``; the others keep ``base`` intersected with the current box. The
+    two parts are joined by selection, not by a maximum, so that the refined values' gradient is whole."""
+    ibp = boxes[name]
+    kept = ibp.intersect(base) if base is not None else ibp
+    if not only.numel():
+        return kept
+    refined = _refine(graph, boxes, input_set, name, rnd, alphas, only)
+    mask = torch.zeros(ibp.lower[0].numel(), dtype=torch.bool, device=ibp.lower.device)
+    mask[only.to(mask.device)] = True
+    mask = mask.reshape(ibp.lower.shape[1:])
+    return Box(torch.where(mask, refined.lower, kept.lower), torch.where(mask, refined.upper, kept.upper))
+
+
 def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str, rnd: Rounding,
-            alphas: Mapping[str, Tensor] | None = None) -> Box:
-    """Intersect a tensor's box with CROWN bounds of each of its values (rows ``+e_i`` and ``-e_i``)."""
+            alphas: Mapping[str, Tensor] | None = None, only: Tensor | None = None) -> Box:
+    """Intersect a tensor's box with CROWN bounds of each of its values (rows ``+e_i`` and ``-e_i``), or of
+    the values ``only`` (flat indices; ``alphas`` then has the rows of those values alone)."""
     box = boxes[name]
     B = box.lower.shape[0]
     lo, hi = box.lower.reshape(B, -1).clone(), box.upper.reshape(B, -1).clone()
     n = lo.shape[1]
+    values = torch.arange(n, device=lo.device) if only is None else only.to(lo.device)
+    m = values.numel()
     chunk = max(8, CHUNK_VALUES // (2 * B * n))
-    for start in range(0, n, chunk):
-        rows = torch.arange(start, min(n, start + chunk), device=lo.device)
+    for start in range(0, m, chunk):
+        pos = torch.arange(start, min(m, start + chunk), device=lo.device)
+        rows = values[pos]
         R = rows.numel()
         eye = torch.zeros(R, n, dtype=lo.dtype, device=lo.device)
         eye[torch.arange(R, device=lo.device), rows] = 1.0
         A = torch.cat([eye, -eye]).unsqueeze(0).expand(B, -1, -1).reshape(B, 2 * R, *box.shape)
         lb = backward_lower(graph, boxes, input_set, name, A, rnd)
-        if alphas is not None:
-            pick = torch.cat([rows, rows + n])
+        own = getattr(alphas, "rows", None) if only is None else None
+        if own is not None:  # the second pass only for the values with slopes of their own (RowSlopes)
+            sel = torch.isin(rows, own.to(rows.device)).nonzero()[:, 0]
+            if sel.numel():
+                sub = torch.cat([sel, sel + R])
+                slopes = {k: v.index_select(1, torch.cat([rows[sel], rows[sel] + n])) for k, v in alphas.items()}
+                lb_own = backward_lower(graph, boxes, input_set, name, A.index_select(1, sub), rnd, slopes)
+                lb = lb.index_copy(1, sub, torch.maximum(lb.index_select(1, sub), lb_own))
+        elif alphas is not None:
+            pick = torch.cat([pos, pos + m])
             slopes = {k: v.index_select(1, pick) for k, v in alphas.items()}
             lb = torch.maximum(lb, backward_lower(graph, boxes, input_set, name, A, rnd, slopes))
         lo[:, rows] = torch.maximum(lo[:, rows], lb[:, :R])
@@ -305,8 +341,35 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
     return value
 
 
+def _own_rows(graph: Graph, boxes: Mapping[str, Box], inter: Mapping[str, "RowSlopes"]):
+    """For ``compute_boxes(rows=, alphas=)``: every bounded tensor's rows with slopes of their own (none where
+    ``inter`` has no entry), and those slopes alone, in ``_refine``'s subset layout."""
+    rows, own = {}, {}
+    for t in _needs_bounds(graph):
+        if t not in inter:
+            rows[t] = torch.zeros(0, dtype=torch.long)
+            continue
+        a = inter[t]
+        n = boxes[t].lower[0].numel()
+        pick = torch.cat([a.rows, a.rows + n])
+        rows[t] = a.rows
+        own[t] = {k: v.index_select(1, pick.to(v.device)) for k, v in a.items()}
+    return rows, own
+
+
+class RowSlopes(dict):
+    """The slopes (by ReLU name, ``[B, 2 n, ...]``) for the ``2 n`` rows that bound one tensor, and ``rows``:
+    the values whose rows carry slopes of their own; every other row holds CROWN's adaptive slopes, whose
+    bound ``_refine`` computes anyway, so the pass with these slopes runs on ``rows`` alone."""
+
+    def __init__(self, slopes: Mapping[str, Tensor], rows: Tensor):
+        super().__init__(slopes)
+        self.rows = rows
+
+
 def _as64(alphas, dev):
-    return {k: v.detach().to(device=dev, dtype=torch.float64) for k, v in alphas.items()}
+    out = {k: v.detach().to(device=dev, dtype=torch.float64) for k, v in alphas.items()}
+    return RowSlopes(out, alphas.rows) if isinstance(alphas, RowSlopes) else out
 
 
 def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
@@ -326,11 +389,17 @@ def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
     C, d = C.to(dev, torch.float64), d.to(dev, torch.float64)
     rnd = sound_rounding(g)
     with sound_context():
-        best = crown_lower(g, s, C, d, rnd, coefficients=coefficients)
+        crown_boxes = compute_boxes(g, s, rnd)
+        best = crown_lower(g, s, C, d, rnd, boxes=crown_boxes, coefficients=coefficients)
         if alphas is None and intermediate_alphas is None:
             return best
         inter = {t: _as64(a, dev) for t, a in intermediate_alphas.items()} if intermediate_alphas else None
-        boxes = compute_boxes(g, s, rnd, alphas=inter)
+        if inter and all(isinstance(a, RowSlopes) for a in inter.values()):
+            # CROWN's boxes stand for the rows without slopes of their own; only the others are bounded again
+            rows, own = _own_rows(g, crown_boxes, inter)
+            boxes = compute_boxes(g, s, rnd, alphas=own, rows=rows, base=crown_boxes)
+        else:
+            boxes = compute_boxes(g, s, rnd, alphas=inter)
         best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes))
         if alphas:
             best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes, alphas=_as64(alphas, dev)))
