@@ -31,13 +31,16 @@ from .rules import RULES
 @dataclass(frozen=True)
 class AlphaOptions:
     """``iterations`` of Adam with learning rate ``lr``; ``intermediate``: also optimise the slopes used
-    for intermediate bounds, unless they would exceed ``max_intermediate_elements`` values."""
+    for intermediate bounds, unless they would exceed ``max_intermediate_elements`` values. Those slopes
+    are optimised for every row (``+e_i``, ``-e_i``) of a bounded tensor while all of them together stay
+    within ``every_row_elements`` values, else only for the rows of its unstable values (``_initial``)."""
 
     iterations: int = 20
     lr: float = 0.1
     dtype: str = "float32"
     intermediate: bool = True
     max_intermediate_elements: int = 5_000_000
+    every_row_elements: int = 200_000
 
 
 def _floor(node) -> float:
@@ -66,18 +69,23 @@ def _initial(graph: Graph, boxes, R: int, options: AlphaOptions):
     rows: dict[str, Tensor] = {}
     if options.intermediate:
         producer = {n.output: i for i, n in enumerate(graph.nodes)}
+        needed = [t for t in _needs_bounds(graph) if t in boxes]
+        before = {t: {n.name: n for i, n in relus if i < producer.get(t, -1)} for t in needed}  # input: no ReLU
+        every = sum(2 * boxes[t].lower[0].numel() * boxes[n.inputs[0]].lower.numel()
+                    for t in needed for n in before[t].values()) <= options.every_row_elements
         total = 0
-        for t in _needs_bounds(graph):
-            if t not in boxes:
-                continue
-            chosen = {n.name: n for i, n in relus if i < producer.get(t, -1)}  # the input: no ReLU before it
-            rows[t] = _unstable(boxes[t])
+        for t in needed:
+            chosen = before[t]
+            rows[t] = torch.arange(boxes[t].lower[0].numel(), device=boxes[t].lower.device) if every \
+                else _unstable(boxes[t])
             n_rows = 2 * rows[t].numel()
             total += sum(n_rows * boxes[n.inputs[0]].lower.numel() for n in chosen.values())
             if chosen and n_rows:
                 inter[t] = {name: _adaptive(n, boxes, n_rows) for name, n in chosen.items()}
         if total > options.max_intermediate_elements:
             inter, rows = {}, {}
+        elif every:
+            rows = {}  # all rows: the plain layout, and the sound pass bounds every row with them
     return final, inter, rows
 
 
@@ -85,6 +93,8 @@ def _full_rows(graph: Graph, boxes, inter, rows):
     """Intermediate slopes of the unstable rows (``_initial``) spread to all ``2 n`` rows of each tensor, the
     other rows at their adaptive start (the layout the sound re-certification reads), marked as ``RowSlopes``
     so that it repeats only the unstable rows with them."""
+    if not rows:
+        return inter
     out = {}
     by_name = {n.name: n for n in graph.nodes}
     for t, per in inter.items():
