@@ -33,8 +33,8 @@ losses (eps in [0, 1] pixel units; the data set's normalisation is part of the m
   mtl-ibp    (1 - alpha) CE at the attack point + alpha CE of the IBP worst case (De Palma et al. 2024)
 certified losses follow Shi et al. 2021: IBP initialisation, --warmup-epochs at eps 0, a smooth eps ramp over
 --ramp-epochs, tightness and ReLU-balance regularisers during the ramp, BatchNorm with batch statistics
-(of the box centres, the clean batch at eps 0) inside the bounds, gradient clipping. Each epoch reports clean, PGD and certified (sound IBP / CROWN)
-accuracy on the first --eval-size test examples.
+(of the box centres, the clean batch at eps 0) inside the bounds, gradient clipping. Each epoch reports
+clean, PGD and certified (sound IBP / CROWN) accuracy on the first --eval-size test examples.
 """
 
 
@@ -141,7 +141,8 @@ def cmd_train(args) -> int:
     loss = args.loss or ("noise" if args.noise_sigma > 0 else "ce")
     options = TrainOptions(loss=loss, eps=args.eps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            lr_decay=args.lr_decay, grad_clip=args.grad_clip, warmup_epochs=args.warmup_epochs,
-                           ramp_epochs=args.ramp_epochs, kappa=args.kappa, kappa_start=args.kappa_start, sabr_lambda=args.sabr_lambda,
+                           ramp_epochs=args.ramp_epochs, kappa=args.kappa, kappa_start=args.kappa_start,
+                           sabr_lambda=args.sabr_lambda,
                            alpha=args.alpha, loss_fusion=args.loss_fusion, pgd_steps=args.pgd_steps, attack_steps=args.attack_steps,
                            noise_sigma=args.noise_sigma, reg_lambda=args.reg_lambda, reg_tol=args.reg_tol,
                            ibp_init=not args.no_ibp_init, clip=parse_clip(args.clip), seed=args.seed, device=args.device)

@@ -290,6 +290,7 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
     n = lo.shape[1]
     values = torch.arange(n, device=lo.device) if only is None else only.to(lo.device)
     m = values.numel()
+    own = getattr(alphas, "rows", None) if only is None else None  # RowSlopes: the values with slopes of their own
     chunk = max(8, CHUNK_VALUES // (2 * B * n))
     for start in range(0, m, chunk):
         pos = torch.arange(start, min(m, start + chunk), device=lo.device)
@@ -299,7 +300,6 @@ def _refine(graph: Graph, boxes: dict[str, Box], input_set: InputSet, name: str,
         eye[torch.arange(R, device=lo.device), rows] = 1.0
         A = torch.cat([eye, -eye]).unsqueeze(0).expand(B, -1, -1).reshape(B, 2 * R, *box.shape)
         lb = backward_lower(graph, boxes, input_set, name, A, rnd)
-        own = getattr(alphas, "rows", None) if only is None else None
         if own is not None:  # the second pass only for the values with slopes of their own (RowSlopes)
             sel = torch.isin(rows, own.to(rows.device)).nonzero()[:, 0]
             if sel.numel():

@@ -21,7 +21,6 @@ from the module would train the wrong network.
 from __future__ import annotations
 
 import operator
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -369,24 +368,20 @@ def ibp_margin_bounds(graph: Graph, box: Box, y: Tensor, relu_boxes: list | None
     K = graph.n_outputs
     last = graph.nodes[-1]
     if env is not None and last.op == "linear" and last.output == graph.output:
-        if relu_boxes is not None:
-            relu_boxes.extend(env[n.inputs[0]] for n in graph.nodes if n.op == "relu")
-        if boxes is not None:
-            boxes.update({name: env[name] for n in graph.nodes for name in n.inputs})
-        return _label_rows_ibp(last.params["weight"], last.params.get("bias"), env[last.inputs[0]], y)
-    g = elided(graph)
-    if env is None:
-        env = interval_bounds(g, box, all_nodes=True)
+        lower, upper = _label_rows_ibp(last.params["weight"], last.params.get("bias"), env[last.inputs[0]], y)
     else:
-        last = g.nodes[-1]
-        env = {**env, g.output: node_box(last, [env[name] for name in last.inputs], FAST)[0]}
+        g = elided(graph)
+        if env is None:
+            env = interval_bounds(g, box, all_nodes=True)
+        else:
+            env = {**env, g.output: node_box(g.nodes[-1], [env[name] for name in g.nodes[-1].inputs], FAST)[0]}
+        idx = (y * K).unsqueeze(1) + torch.arange(K, device=y.device)
+        lower, upper = env[g.output].lower.gather(1, idx), env[g.output].upper.gather(1, idx)
     if boxes is not None:
         boxes.update({name: env[name] for n in graph.nodes for name in n.inputs})
     if relu_boxes is not None:
-        relu_boxes.extend(env[n.inputs[0]] for n in g.nodes if n.op == "relu")
-    idx = (y * K).unsqueeze(1) + torch.arange(K, device=y.device)
-    out = env[g.output]
-    return out.lower.gather(1, idx), out.upper.gather(1, idx)
+        relu_boxes.extend(env[n.inputs[0]] for n in graph.nodes if n.op == "relu")
+    return lower, upper
 
 
 def _label_rows_ibp(W: Tensor, b: Tensor | None, box: Box, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -56,13 +56,9 @@ def warmup_regulariser(input_box: Box, relu_boxes: list[Box], tol: float = 0.5) 
         r_mean = (hi.sum() - lo.sum()) / (2 * n)
         total = total + F.relu(tol - r0 / r_mean.clamp(min=1e-12)) / tol
         c = torch.lerp(lo, hi, 0.5)
-        mean = c.mean()
-        d = c - mean
-        with torch.no_grad():  # 0/1 masks of the active (l > 0) and inactive (u < 0) neurons
-            act, inact = torch.sign(F.relu(lo)), torch.sign(hi.clamp(max=0)).neg_()
-        n_act, n_inact = act.sum(), inact.sum()
-        # mean(c over the layer, zero off the mask) = (d . mask + mean |mask|) / n
-        mean_ratio = (torch.dot(d, act) + mean * n_act) / -(torch.dot(d, inact) + mean * n_inact)
+        act, inact = (lo > 0).to(c.dtype), (hi < 0).to(c.dtype)  # 0/1 masks: active, inactive
+        mean_ratio = torch.dot(c, act) / -torch.dot(c, inact)  # the ratio of the two masked means
+        d = c - c.mean()
         dev = d * d
         var_ratio = torch.dot(dev, act) / torch.dot(dev, inact)
         mean_ratio = torch.minimum(mean_ratio, 1 / mean_ratio.clamp(min=1e-12))
