@@ -2,6 +2,17 @@
 
 ``method="auto"`` runs ``AUTO_CHAIN`` in order (the cheap falsifier first, then ever tighter sound
 bounds) and stops at the first definite answer; each step's time is kept in ``Result.steps``.
+
+Around branch-and-bound, a portfolio with the exact backend (``EXACT``, a MILP; piecewise-linear networks
+only), decided by measurement (benchmarks/RESULTS.md, "auto with the exact backend"):
+
+* *before* it, on half the remaining budget, when branch-and-bound would split inputs and the property has
+  more than ``INPUT_SPLIT_EASY`` of them: bisecting one input per branch needs exponentially many domains in
+  the input dimension to reach a narrow pocket, where a MILP over a few dozen unstable ReLUs takes a second
+  (planted 16-input CNNs: input splitting timed out at 60 s on 5 of 5, the MILP answered each in < 1 s); ACAS
+  Xu (5 inputs) is the opposite case and keeps input splitting alone;
+* *after* it, on whatever remains, when it stopped undecided before the budget ran out (its memory cap, every
+  ReLU split left open) or could not run (e.g. a max-pool network with many inputs).
 """
 from __future__ import annotations
 
@@ -13,7 +24,7 @@ from typing import Any
 from . import registry
 from .budget import Budget
 from .engine.fp import OverflowRisk
-from .errors import CertifyError
+from .errors import BackendUnavailable, CertifyError
 from .graph import SEMANTICS
 from .models import Model, check_spec_fits
 from .results import TIMEOUT, Result, Verdict
@@ -21,6 +32,12 @@ from .selfcheck import check_import
 from .spec import Property
 
 AUTO_CHAIN = ("pgd", "ibp", "crown", "alpha-crown", "bab")
+#: the exact backend of the portfolio around branch-and-bound (module docstring)
+EXACT = "milp"
+#: input splitting stays alone up to this many inputs; above, the exact backend runs first
+INPUT_SPLIT_EASY = 8
+#: the share of the remaining budget the exact backend gets when it runs before branch-and-bound
+EXACT_FIRST_SHARE = 0.5
 
 
 def _options_for(verifier, device: str, attack: bool, chained: bool, memory_mb: float | None = None) -> Any:
@@ -89,26 +106,55 @@ def _verify(model: Model, prop: Property, method: str, *, timeout: float | None,
     t0 = time.perf_counter()
     steps: list[tuple[str, float, str]] = []
     results: list[Result] = []
+
+    def step(verifier, step_budget: Budget) -> Result:
+        result = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True,
+                                                          memory_mb=memory_mb), step_budget)
+        steps.append((verifier.name, result.time_s, result.verdict.value))
+        results.append(result)
+        return result
+
+    def done(result: Result) -> bool:
+        return result.verdict is not Verdict.UNKNOWN or budget.expired()
+
     last: Result | None = None
+    exact_tried = False
     for name in AUTO_CHAIN:
         if name == "pgd" and not attack:
             continue
         verifier = registry.get(name)
         if last is not None and verifier.supports(model, prop):
             continue  # e.g. input splitting on a high-dimensional property: keep the last answer
-        last = _run(verifier, model, prop, _options_for(verifier, device, attack, chained=True, memory_mb=memory_mb),
-                    budget)
-        steps.append((name, last.time_s, last.verdict.value))
-        results.append(last)
-        if last.verdict is not Verdict.UNKNOWN or budget.expired():
+        if name == "bab" and prop.n_inputs > INPUT_SPLIT_EASY and prop.n_inputs <= verifier.Options().max_inputs:
+            exact = _exact_backend(model, prop)
+            if exact is not None:
+                exact_tried = True
+                last = step(exact, budget.sub(EXACT_FIRST_SHARE))
+                if done(last):
+                    break
+        last = step(verifier, budget)
+        if done(last):
             break
     assert last is not None
+    if not done(last) and not exact_tried:
+        exact = _exact_backend(model, prop)
+        if exact is not None:  # branch-and-bound stopped undecided with time left, or could not run
+            last = step(exact, budget)
     reason = last.reason
     bounds = _best_bounds(results)
     if last.verdict is Verdict.UNKNOWN and budget.expired():
         reason = TIMEOUT
     return dataclasses.replace(last, method=f"auto/{last.method}", time_s=time.perf_counter() - t0,
                                steps=tuple(steps), reason=reason, bounds=bounds)
+
+
+def _exact_backend(model: Model, prop: Property):
+    """The exact backend if it is available and takes this network and property, else None."""
+    try:
+        verifier = registry.get(EXACT)
+    except BackendUnavailable:  # scipy missing: the chain goes on without it
+        return None
+    return None if verifier.supports(model, prop) else verifier
 
 
 def _best_bounds(results: list[Result]) -> tuple[tuple[float, ...], ...]:

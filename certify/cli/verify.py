@@ -54,7 +54,8 @@ def add_parsers(sub) -> None:
                                                     "against eps, one line per method, as a PNG")
     m = v.add_argument_group("method")
     m.add_argument("--method", default="auto",
-                   help="auto (default: PGD attack, then ever tighter sound bounds), one backend, or several "
+                   help="auto (default: PGD attack, then ever tighter sound bounds, then branch-and-bound with milp "
+                        "beside it on piecewise-linear networks), one backend, or several "
                         "comma-separated (each runs on every property; see 'certify backends')")
     m.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
                    help="seconds per property and method (default: 300; must be positive)")

@@ -1,0 +1,95 @@
+"""``auto``'s portfolio around branch-and-bound: the exact backend (MILP) before input splitting on more than
+``INPUT_SPLIT_EASY`` inputs, after a search that stopped undecided with time left, never on networks it
+cannot encode; every answer checked against the exact minimum of an independent MILP oracle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from certify import api
+from certify.models import from_module
+from certify.results import Verdict
+from certify.sets import Box
+from certify.spec import Clause, Property, Spec
+from oracles.milp import exact_min
+
+
+def _instance(seed: int, n_in: int, width: int, radius: tuple[float, float], act=torch.nn.ReLU):
+    """A random network, input box and output direction ``c``; the exact minimum of ``c . f`` over the box
+    (MILP oracle) when the network is ReLU, else None."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    net = torch.nn.Sequential(torch.nn.Linear(n_in, width), act(), torch.nn.Linear(width, 10), act(),
+                              torch.nn.Linear(10, 3)).eval()
+    lo = rng.uniform(-1, 0, n_in)
+    hi = lo + rng.uniform(*radius, n_in)
+    c = rng.standard_normal(3)
+    minimum = None
+    if act is torch.nn.ReLU:
+        layers = [("dense", m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+                  if isinstance(m, torch.nn.Linear) else ("relu",) for m in net]
+        minimum = exact_min(layers, (n_in,), lo, hi, c)
+    return net, from_module(net, (n_in,)), Box(torch.tensor(lo)[None], torch.tensor(hi)[None]), c, minimum
+
+
+def _prop(box: Box, c, threshold: float) -> Property:
+    """Unsafe: ``c . f(x) <= threshold``."""
+    return Property("p", (Spec(box, (Clause(torch.tensor(c)[None, None], torch.tensor([[threshold]])),)),))
+
+
+def _names(result) -> list[str]:
+    return [name for name, _, _ in result.steps]
+
+
+def _check(net, box, c, threshold, result, expect):
+    assert result.verdict is expect, (result.verdict, result.reason, result.steps)
+    if expect is Verdict.FALSIFIED:
+        x = torch.tensor(result.counterexample.x)
+        assert bool(((x >= box.lower[0]) & (x <= box.upper[0])).all())
+        with torch.no_grad():
+            assert float(torch.tensor(c) @ net(x.float()[None]).double()[0]) <= threshold + 1e-5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_backend_runs_before_input_splitting_above_eight_inputs(seed):
+    net, model, box, c, minimum = _instance(seed, 12, 16, (0.5, 1.0))
+    for delta, expect in ((-1e-3, Verdict.PROVED), (1e-3, Verdict.FALSIFIED)):
+        result = api.verify(model, _prop(box, c, minimum + delta), timeout=60, attack=False)
+        _check(net, box, c, minimum + delta, result, expect)
+        names = _names(result)
+        if expect is Verdict.FALSIFIED:  # no bound falsifies: the MILP's point, replayed
+            assert result.method == "auto/milp" and "bab" not in names, result.steps
+        if "bab" in names:
+            assert "milp" in names and names.index("milp") < names.index("bab"), result.steps
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_input_splitting_stays_alone_up_to_eight_inputs(seed):
+    net, model, box, c, minimum = _instance(seed, 3, 12, (0.8, 1.5))
+    for delta, expect in ((-1e-3, Verdict.PROVED), (1e-3, Verdict.FALSIFIED)):
+        result = api.verify(model, _prop(box, c, minimum + delta), timeout=60, attack=False)
+        _check(net, box, c, minimum + delta, result, expect)
+        assert "milp" not in _names(result), result.steps
+
+
+def test_a_search_that_stops_undecided_is_handed_to_the_exact_backend():
+    """Branch-and-bound under a memory cap of a quarter KiB stops with time left (the instance of
+    test_bab's memory-cap test); the MILP then proves the property within the same budget."""
+    net, model, box, c, minimum = _instance(7, 3, 12, (0.8, 1.5))
+    threshold = minimum - 2e-3
+    result = api.verify(model, _prop(box, c, threshold), timeout=60, attack=False, memory_mb=0.25 / 1024)
+    _check(net, box, c, threshold, result, Verdict.PROVED)
+    names = _names(result)
+    assert names[-2:] == ["bab", "milp"] and result.method == "auto/milp", result.steps
+    bab_step = result.steps[-2]
+    assert bab_step[2] == "unknown"
+
+
+def test_networks_the_exact_backend_cannot_encode_keep_input_splitting():
+    net, model, box, c, _ = _instance(1, 12, 8, (0.2, 0.4), act=torch.nn.Tanh)
+    with torch.no_grad():
+        centre = float(torch.tensor(c) @ net(((box.lower + box.upper) / 2).float()).double()[0])
+    result = api.verify(model, _prop(box, c, centre + 1.0), timeout=30, attack=False)
+    assert result.verdict is Verdict.FALSIFIED, (result.verdict, result.reason, result.steps)
+    assert "milp" not in _names(result) and result.method == "auto/bab", result.steps
