@@ -23,6 +23,7 @@ from typing import Any
 
 from . import registry
 from .budget import Budget
+from .engine.alpha import shared_slopes
 from .engine.fp import OverflowRisk
 from .errors import BackendUnavailable, CertifyError
 from .graph import SEMANTICS
@@ -117,6 +118,24 @@ def _verify(model: Model, prop: Property, method: str, *, timeout: float | None,
     def done(result: Result) -> bool:
         return result.verdict is not Verdict.UNKNOWN or budget.expired()
 
+    with shared_slopes():  # alpha-CROWN's root slopes are branch-and-bound's: optimised once
+        last, exact_tried = _chain(model, prop, attack, budget, step, done)
+    assert last is not None
+    if not done(last) and not exact_tried:
+        exact = _exact_backend(model, prop)
+        if exact is not None:  # branch-and-bound stopped undecided with time left, or could not run
+            last = step(exact, budget)
+    reason = last.reason
+    bounds = _best_bounds(results)
+    if last.verdict is Verdict.UNKNOWN and budget.expired():
+        reason = TIMEOUT
+    return dataclasses.replace(last, method=f"auto/{last.method}", time_s=time.perf_counter() - t0,
+                               steps=tuple(steps), reason=reason, bounds=bounds)
+
+
+def _chain(model: Model, prop: Property, attack: bool, budget: Budget, step, done) -> tuple[Result | None, bool]:
+    """``AUTO_CHAIN`` in order, with the exact backend before input splitting on many inputs (module
+    docstring); returns the last answer and whether the exact backend ran."""
     last: Result | None = None
     exact_tried = False
     for name in AUTO_CHAIN:
@@ -135,17 +154,7 @@ def _verify(model: Model, prop: Property, method: str, *, timeout: float | None,
         last = step(verifier, budget)
         if done(last):
             break
-    assert last is not None
-    if not done(last) and not exact_tried:
-        exact = _exact_backend(model, prop)
-        if exact is not None:  # branch-and-bound stopped undecided with time left, or could not run
-            last = step(exact, budget)
-    reason = last.reason
-    bounds = _best_bounds(results)
-    if last.verdict is Verdict.UNKNOWN and budget.expired():
-        reason = TIMEOUT
-    return dataclasses.replace(last, method=f"auto/{last.method}", time_s=time.perf_counter() - t0,
-                               steps=tuple(steps), reason=reason, bounds=bounds)
+    return last, exact_tried
 
 
 def _exact_backend(model: Model, prop: Property):

@@ -93,3 +93,43 @@ def test_networks_the_exact_backend_cannot_encode_keep_input_splitting():
     result = api.verify(model, _prop(box, c, centre + 1.0), timeout=30, attack=False)
     assert result.verdict is Verdict.FALSIFIED, (result.verdict, result.reason, result.steps)
     assert "milp" not in _names(result) and result.method == "auto/bab", result.steps
+
+
+def test_alpha_slopes_are_optimised_once_along_the_chain(monkeypatch):
+    """alpha-CROWN's root slopes are branch-and-bound's (``shared_slopes``): one optimisation per spec in
+    ``auto``; the answer still agrees with the exact minimum."""
+    from certify.engine import alpha
+
+    calls = []
+    real = alpha._optimise_alphas
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(alpha, "_optimise_alphas", counting)
+    net, model, box, c, minimum = _instance(2, 20, 16, (0.4, 0.6))  # 20 inputs: ReLU splitting
+    threshold = minimum - 1e-3
+    result = api.verify(model, _prop(box, c, threshold), timeout=60, attack=False)
+    _check(net, box, c, threshold, result, Verdict.PROVED)
+    names = _names(result)
+    assert "alpha-crown" in names and "bab" in names, result.steps
+    assert len(calls) == 1, (len(calls), result.steps)
+    calls.clear()  # outside auto nothing is shared
+    api.verify(model, _prop(box, c, threshold), "alpha-crown", timeout=60, attack=False)
+    api.verify(model, _prop(box, c, threshold), "alpha-crown", timeout=60, attack=False)
+    assert len(calls) == 2
+
+
+def test_shared_slopes_reuse_only_identical_calls():
+    from certify.engine.alpha import optimise_alphas, shared_slopes
+
+    _, model, box, c, _ = _instance(3, 6, 12, (0.5, 1.0))
+    C = torch.tensor(c)[None, None]
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    with shared_slopes():
+        first = optimise_alphas(model.graph, box, C, d)
+        assert optimise_alphas(model.graph, Box(box.lower.clone(), box.upper.clone()), C.clone(), d) is first
+        assert optimise_alphas(model.graph, box, -C, d) is not first
+        assert optimise_alphas(model.graph, Box(box.lower, box.upper + 1e-9), C, d) is not first
+    assert optimise_alphas(model.graph, box, C, d) is not first
