@@ -189,3 +189,30 @@ def test_memory_limit_must_be_positive():
                                                         torch.zeros(1, 1, dtype=torch.float64)),)),))
     with pytest.raises(CertifyError, match="memory limit"):
         api.verify(from_module(net, (2,)), prop, "bab", memory_mb=0)
+
+
+def test_open_domain_queue_is_first_in_first_out_and_counts_what_it_holds():
+    """ReLU splitting's store: batches taken across part boundaries come out in insertion order, and its
+    length and byte count (what the memory cap reads) match the domains still held."""
+    from certify.engine.bab import _Domains, _Queue
+
+    def part(start: int, n: int) -> _Domains:
+        ids = torch.arange(start, start + n, dtype=torch.float32)
+        return _Domains({"r": ids[:, None].repeat(1, 3)}, {"r": ids[:, None, None].repeat(1, 2, 3)},
+                        {"r": -ids[:, None, None].repeat(1, 2, 3)}, ids[:, None].repeat(1, 2))
+
+    queue = _Queue(part(0, 5))
+    queue.add([part(5, 3), part(8, 0), part(8, 4)])
+    total, seen = 12, []
+    for n in (2, 4, 1, 10):
+        batch = queue.take(n)
+        assert len(batch) == min(n, total - len(seen))
+        seen += batch.lower[:, 0].tolist()
+        assert torch.equal(batch.alphas["r"][:, 0, 0], batch.lower[:, 0])
+        assert torch.equal(batch.betas["r"][:, 1, 2], -batch.lower[:, 0])
+        assert len(queue) == total - len(seen)
+        assert queue.nbytes() == sum(p.nbytes() for p in queue.parts)
+        if n == 4:
+            queue.add([part(100, 2)])
+            total += 2
+    assert seen == [*range(12), 100.0, 101.0] and len(queue) == 0 and queue.nbytes() == 0

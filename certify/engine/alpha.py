@@ -29,6 +29,7 @@ from ..graph import Graph
 from ..sets import InputSet
 from .crown import RowSlopes, _needs_bounds, compute_boxes, crown_lower, sound_crown_lower
 from .fp import FAST
+from .optim import adam
 from .rules import RULES
 
 
@@ -170,7 +171,7 @@ def _optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, op
             return {}, {}, crown_lower(g, s, C, d, FAST, boxes=boxes)
     floors = {n.name: _floor(n) for n in g.nodes if RULES[n.op].alpha}
     params = list(final.values()) + [a for per in inter.values() for a in per.values()]
-    opt = torch.optim.Adam(params, lr=options.lr)
+    opt = adam(params, lr=options.lr)
     best_sum, best = -torch.inf, None
     for _ in range(options.iterations + 1):
         if best is not None and time.perf_counter() - start > time_limit:

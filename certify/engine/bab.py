@@ -18,6 +18,7 @@ Generic over the bounding function: ``bound(box, C, d) -> (row lower bounds [N, 
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,6 +29,7 @@ from ..budget import Budget
 from ..graph import Graph
 from ..sets import Box, InputSet
 from ..spec import clause_max
+from .optim import adam
 
 Bound = Callable[[Box, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -206,6 +208,45 @@ class _Domains:
                         torch.cat([p.lower for p in parts]))
 
 
+class _Queue:
+    """The open domains, first in first out, as a deque of batches: taking a batch and adding children cost
+    the size of the batch, not of every open domain (one concatenation of the whole store per round made
+    ReLU splitting's store copy itself: 9 % of the time on MNIST 256x4 at a 280 MB store)."""
+
+    def __init__(self, first: _Domains):
+        self.parts: deque[_Domains] = deque([first])
+        self.n = len(first)
+        self.bytes = first.nbytes()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def nbytes(self) -> int:
+        """The open domains' tensors (a batch partly taken is counted as what is left of it)."""
+        return self.bytes
+
+    def take(self, n: int) -> _Domains:
+        got, k = [], 0
+        while self.parts and k < n:
+            part = self.parts.popleft()
+            if k + len(part) > n:
+                part, rest = part.take(n - k)
+                self.parts.appendleft(rest)
+            got.append(part)
+            k += len(part)
+        out = got[0] if len(got) == 1 else _Domains.cat(got)
+        self.n -= len(out)
+        self.bytes -= out.nbytes()
+        return out
+
+    def add(self, parts: list[_Domains]) -> None:
+        for part in parts:
+            if len(part):
+                self.parts.append(part)
+                self.n += len(part)
+                self.bytes += part.nbytes()
+
+
 def _clamped(boxes: dict[str, Box], relus: dict[str, str], signs: dict[str, Tensor], n: int) -> dict[str, Box]:
     """Root boxes for ``n`` domains, with each split neuron's pre-activation box cut to its side of zero."""
     out = {k: Box(b.lower.expand(n, *b.shape), b.upper.expand(n, *b.shape)) for k, b in boxes.items()}
@@ -256,8 +297,8 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                torch.where(fast_boxes[z].upper >= -fast_boxes[z].lower, 1.0, 0.0).unsqueeze(1).expand(1, R, *fast_boxes[z].shape)
                for k, z in relus.items()}
     betas0 = {k: torch.zeros(1, R, *fast_boxes[z].shape, device=dev) for k, z in relus.items()}
-    queue = _Domains(zeros, {k: v.clone() for k, v in alphas0.items()}, betas0,
-                     torch.full((1, R), -torch.inf, device=dev))
+    queue = _Queue(_Domains(zeros, {k: v.clone() for k, v in alphas0.items()}, betas0,
+                            torch.full((1, R), -torch.inf, device=dev)))
     exhausted = 0
     store = _Store(budget, options.memory_mb)
     certified = torch.full((K,), torch.inf, dtype=torch.float64)
@@ -265,7 +306,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         halt = store.halt(len(queue))
         if halt is not None:
             return halt
-        batch, queue = queue.take(options.batch)
+        batch = queue.take(options.batch)
         n = len(batch)
         store.visited += n
         signs = batch.signs
@@ -273,8 +314,8 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         boxes = _clamped(fast_boxes, relus, signs, n)
         alphas = {k: v.clone().requires_grad_(True) for k, v in batch.alphas.items()}
         betas = {k: v.clone().requires_grad_(True) for k, v in batch.betas.items()}
-        opt = torch.optim.Adam([{"params": list(alphas.values()), "lr": options.lr_alpha},
-                                {"params": list(betas.values()), "lr": options.lr_beta}])
+        opt = adam([{"params": list(alphas.values()), "lr": options.lr_alpha},
+                    {"params": list(betas.values()), "lr": options.lr_beta}], lr=options.lr_alpha)
         sign_f = {k: v.to(torch.float32) for k, v in signs.items()}
         best = torch.full((n, R), -torch.inf, device=dev)
         best_a = {k: v.detach().clone() for k, v in alphas.items()}
@@ -363,7 +404,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
                 offset += width
             children.append(_Domains(ch_signs, {k: best_a[k][o] for k in relus}, {k: best_b[k][o] for k in relus},
                                      best[o]))
-        queue = _Domains.cat([queue, *children])
+        queue.add(children)
     if exhausted:
         return BaBOutcome(False, reason=f"{exhausted} domains with every ReLU split stayed open", stats=store.stats(0))
     return BaBOutcome(True, stats=store.stats(0), bounds=certified)
