@@ -51,12 +51,19 @@ def _check(net, box, c, threshold, result, expect):
             assert float(torch.tensor(c) @ net(x.float()[None]).double()[0]) <= threshold + 1e-5
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_exact_backend_runs_before_input_splitting_above_eight_inputs(seed):
-    net, model, box, c, minimum = _instance(seed, 12, 16, (0.5, 1.0))
+def _decided_both_ways(seed: int, n_in: int, width: int, radius: tuple[float, float]):
+    """``auto`` just above and just below the exact minimum (proved, falsified), each answer checked against
+    it; yields ``(result, expected verdict)``."""
+    net, model, box, c, minimum = _instance(seed, n_in, width, radius)
     for delta, expect in ((-1e-3, Verdict.PROVED), (1e-3, Verdict.FALSIFIED)):
         result = api.verify(model, _prop(box, c, minimum + delta), timeout=60, attack=False)
         _check(net, box, c, minimum + delta, result, expect)
+        yield result, expect
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_backend_runs_before_input_splitting_above_eight_inputs(seed):
+    for result, expect in _decided_both_ways(seed, 12, 16, (0.5, 1.0)):
         names = _names(result)
         if expect is Verdict.FALSIFIED:  # no bound falsifies: the MILP's point, replayed
             assert result.method == "auto/milp" and "bab" not in names, result.steps
@@ -66,10 +73,7 @@ def test_exact_backend_runs_before_input_splitting_above_eight_inputs(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_input_splitting_stays_alone_up_to_eight_inputs(seed):
-    net, model, box, c, minimum = _instance(seed, 3, 12, (0.8, 1.5))
-    for delta, expect in ((-1e-3, Verdict.PROVED), (1e-3, Verdict.FALSIFIED)):
-        result = api.verify(model, _prop(box, c, minimum + delta), timeout=60, attack=False)
-        _check(net, box, c, minimum + delta, result, expect)
+    for result, _ in _decided_both_ways(seed, 3, 12, (0.8, 1.5)):
         assert "milp" not in _names(result), result.steps
 
 
