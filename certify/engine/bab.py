@@ -315,7 +315,7 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         alphas = {k: v.clone().requires_grad_(True) for k, v in batch.alphas.items()}
         betas = {k: v.clone().requires_grad_(True) for k, v in batch.betas.items()}
         opt = adam([{"params": list(alphas.values()), "lr": options.lr_alpha},
-                    {"params": list(betas.values()), "lr": options.lr_beta}], lr=options.lr_alpha)
+                    {"params": list(betas.values()), "lr": options.lr_beta}])
         sign_f = {k: v.to(torch.float32) for k, v in signs.items()}
         best = torch.full((n, R), -torch.inf, device=dev)
         best_a = {k: v.detach().clone() for k, v in alphas.items()}
