@@ -5,7 +5,7 @@ both certified by the same dual check, on PGD-trained digits MLPs (one test poin
 
 Prints per net: variables (input + active/unstable neurons), time and certified bound of each, the
 relative gap of sdp-bm to sdp, and CROWN's bound. cvxpy runs with a time limit (``--cvx-limit`` s);
-"did not finish" means that limit, not 10 minutes (the shared machine did not allow 10-minute runs).
+"did not finish" means that limit (RESULTS: 600 s, the issue's 10 minutes).
 """
 from __future__ import annotations
 
