@@ -201,8 +201,9 @@ class DualNewton:
         longer step is taken when it decreases ``f_t`` by a tenth of the model's prediction. Once centred
         (``delta < 1/4``, or the decrement stalls at the rounding floor), ``t <- shrink t``: Newton's matrix does
         not depend on ``t`` and the gradient is ``a / t + b`` (``a = -e_nu``), so this reuses the factorisation.
-        ``upper``: an estimate of the optimum from above (a primal value); the first ``t`` is
-        ``max(1, |upper|) / (n + 1 + m)`` and ``nu`` starts where ``S``'s Schur complement equals ``t``.
+        ``upper``: an estimate of the optimum from above (a primal value); the first ``t`` is the gap to the
+        start's ``nu`` (at least 1e-2 and at most 1 times ``max(1, |upper|)``) over ``n + 1 + m``, and ``nu``
+        starts where ``S``'s Schur complement equals ``t``.
         ``reg``: the barrier of each multiplier is ``reg lambda - log lambda`` (bounded below): rows that come
         in nearly opposite pairs (``x >= a - E``, ``x <= a + E``) would otherwise let both multipliers grow
         without end; its weight in the dual objective, ``t reg sum(lambda)``, vanishes with ``t``.
@@ -212,7 +213,8 @@ class DualNewton:
         lam, nu_max = self._start(lam0, obj)
         size = self.n1 + self.m
         scale = max(1.0, abs(upper)) if upper is not None else max(1.0, abs(nu_max))
-        gap = min(scale, max(upper - nu_max, 1e-6 * scale)) if upper is not None else scale
+        # a primal value from an unconverged solver can even lie below the dual one: never trust a small gap
+        gap = min(scale, max(upper - nu_max, 1e-2 * scale)) if upper is not None else scale
         s = size / gap  # 1 / t
         nu = nu_max - 1.0 / s  # the Schur complement S_00 - h = t: central in nu (P_00 = t Sigma_00 = 1)
         e = np.zeros(self.m + 1)  # the objective's gradient: -nu
