@@ -88,6 +88,7 @@ class BMSDP:
         self.pr = torch.as_tensor(problem.pr, device=self.device)
         self.pc = torch.as_tensor(problem.pc, device=self.device)
         self.mag = torch.as_tensor(np.where(problem.mag > 0, problem.mag, 1.0), dtype=dt, device=self.device)
+        self._dn = None
 
     def _p(self, Y: torch.Tensor) -> torch.Tensor:
         V = Y * self.mag[:, None]
@@ -160,21 +161,26 @@ class BMSDP:
                         col = torch.as_tensor(q, dtype=dt, device=dev) / self.mag
                         Y = torch.cat([Y.detach(), 1e-3 * col[:, None] / max(float(col.abs().max()), 1e-30)], 1)
                         escapes += 1
-        stats = {}
+        stats: dict = {}
         if options.newton:
-            lam_n, stats = self._newton().solve(obj, best_lam, seconds=max(0.0, seconds - (time.perf_counter() - t0)),
-                                                max_iter=options.newton_iter,
-                                                upper=primal if math.isfinite(primal) else None)
-            cert = certify(prob, lam_n, obj)
-            if best is None or cert.bound > best.bound:
-                best, best_lam = cert, lam_n
+            try:
+                lam_n, stats = self._newton().solve(obj, best_lam, max_iter=options.newton_iter,
+                                                    seconds=max(0.0, seconds - (time.perf_counter() - t0)),
+                                                    upper=primal if math.isfinite(primal) else None)
+            except ArithmeticError as exc:  # no positive definite start: the low-rank certificate stands
+                stats = {"error": str(exc)}
+            else:
+                cert = certify(prob, lam_n, obj)
+                if best is None or cert.bound > best.bound:
+                    best, best_lam = cert, lam_n
         return BMResult(best_lam, best, primal, Y.shape[1], rounds, escapes,
                         {"time": time.perf_counter() - t0, "rho": rho, "newton": stats})
 
     def _newton(self):
-        from .dual_newton import DualNewton
+        """The Newton solver of this problem (its row structure computed once, on first use)."""
+        if self._dn is None:
+            from .dual_newton import DualNewton
 
-        if getattr(self, "_dn", None) is None:
             self._dn = DualNewton(self.problem)
         return self._dn
 

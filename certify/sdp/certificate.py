@@ -129,13 +129,18 @@ def dual_matrix(problem: QCQP, lam: np.ndarray, obj: np.ndarray) -> tuple[np.nda
     absv = np.abs(obj) + abs(A).T @ lam
     K = int(np.diff(A.tocsc().indptr).max(initial=0)) + 1
     err = upper(_g(K + 1) * absv, K) + (K + 4) * TINY
+    return pattern_matrix(problem, vals), err
+
+
+def pattern_matrix(problem: QCQP, vals: np.ndarray) -> np.ndarray:
+    """The dense symmetric matrix of pattern values ``vals`` (an off-diagonal position's value is split in
+    halves over ``(r, c)`` and ``(c, r)``)."""
     n1 = problem.n + 1
     M = np.zeros((n1, n1))
-    off = problem.pr != problem.pc
-    half = np.where(off, vals / 2, vals)
+    half = np.where(problem.pr != problem.pc, vals / 2, vals)
     M[problem.pr, problem.pc] = half
     M[problem.pc, problem.pr] = half
-    return M, err
+    return M
 
 
 def schur_h(M: np.ndarray) -> tuple[float, float]:

@@ -33,8 +33,8 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
+from .certificate import pattern_matrix
 from .problem import QCQP
-
 
 
 class DualNewton:
@@ -45,7 +45,6 @@ class DualNewton:
         n1 = problem.n + 1
         A = problem.A.tocsr()
         self.A = A
-        self.off = problem.pr != problem.pc
         m = A.shape[0]
         rows = np.repeat(np.arange(m), np.diff(A.indptr))
         r, c, a = problem.pr[A.indices], problem.pc[A.indices], A.data
@@ -83,12 +82,8 @@ class DualNewton:
         self.trace: list | None = None  # (iteration, t, decrement, step, nu) per step when a list
 
     def matrix(self, lam: np.ndarray, nu: float, obj: np.ndarray) -> np.ndarray:
-        p = self.problem
-        vals = obj + self.A.T @ lam
-        half = np.where(self.off, vals / 2, vals)
-        S = np.zeros((self.n1, self.n1))
-        S[p.pr, p.pc] = half
-        S[p.pc, p.pr] = half
+        """``S(lambda, nu)``."""
+        S = pattern_matrix(self.problem, obj + self.A.T @ lam)
         S[0, 0] -= nu
         return S
 
@@ -167,29 +162,20 @@ class DualNewton:
         H = np.zeros((self.m + 1, self.m + 1))
         H[: self.m, : self.m] = K
         # nu's matrix -E00: tr(Sigma A_k Sigma (-E00)) = -(Sigma A_k Sigma)_00
-        e0 = Sig[:, 0]
-        H[: self.m, self.m] = -(Sig[0, j] * SV[0, :] + kap * Sig[0, 0] ** 2)
-        if self.special.size:
-            for k in self.special:
-                Ak = self._dense_row(k)
-                X = Sig @ Ak @ Sig
-                col = self.A @ X[p.pr, p.pc]
-                H[: self.m, k] = col
-                H[k, : self.m] = col
-                H[k, self.m] = -X[0, 0]
+        H[: self.m, self.m] = -(a + kap * Sig[0, 0] ** 2)
+        for k in self.special:
+            X = Sig @ self._dense_row(k) @ Sig
+            col = self.A @ X[p.pr, p.pc]
+            H[: self.m, k] = col
+            H[k, : self.m] = col
+            H[k, self.m] = -X[0, 0]
         H[self.m, : self.m] = H[: self.m, self.m]
-        H[self.m, self.m] = e0[0] ** 2
+        H[self.m, self.m] = Sig[0, 0] ** 2
         H[np.arange(self.m), np.arange(self.m)] += 1.0 / lam**2
         return H, g
 
     def _dense_row(self, k: int) -> np.ndarray:
-        p = self.problem
-        row = self.A.getrow(k)
-        M = np.zeros((self.n1, self.n1))
-        half = np.where(self.off[row.indices], row.data / 2, row.data)
-        M[p.pr[row.indices], p.pc[row.indices]] += half
-        M[p.pc[row.indices], p.pr[row.indices]] += np.where(self.off[row.indices], half, 0.0)
-        return M
+        return pattern_matrix(self.problem, self.A.getrow(k).toarray()[0])
 
     def solve(self, obj: np.ndarray, lam0: np.ndarray | None = None, seconds: float = math.inf,
               tol: float = 1e-8, max_iter: int = 300, shrink: float = 0.2, upper: float | None = None,
@@ -257,29 +243,33 @@ class DualNewton:
             t = 1.0 / s
             f = self._f(lam, nu, t, obj, reg)[0]
             damped = 1.0 / (1.0 + delta)
+            L2 = None  # the factorisation at the accepted step, when the search evaluated it
             while alpha > damped:  # a longer step than the guaranteed one, if it decreases f_t enough
-                f2, L2 = self._f(lam + alpha * d[:-1], nu + alpha * d[-1], t, obj, reg)
-                if L2 is not None and f2 <= f - 0.1 * alpha * dec:
+                f2, F2 = self._f(lam + alpha * d[:-1], nu + alpha * d[-1], t, obj, reg)
+                if F2 is not None and f2 <= f - 0.1 * alpha * dec:
+                    L2 = F2
                     break
                 alpha *= 0.5
-            alpha = max(alpha, min(damped, 1.0))
-            if alpha == 1.0:  # full step taken: try longer ones along the same direction
+            if L2 is None:
+                alpha = min(damped, 1.0)
+            elif alpha == 1.0:  # full step taken: try longer ones along the same direction
                 cap = 0.95 * float(np.min(-lam[neg] / d[:-1][neg])) if neg.any() else math.inf
-                best_f = self._f(lam + d[:-1], nu + d[-1], t, obj, reg)[0]
+                best_f = f2
                 for a in (2.0, 4.0, 8.0, 16.0):
                     if a > cap:
                         break
-                    fa = self._f(lam + a * d[:-1], nu + a * d[-1], t, obj, reg)[0]
+                    fa, Fa = self._f(lam + a * d[:-1], nu + a * d[-1], t, obj, reg)
                     if not fa < best_f:
                         break
-                    alpha, best_f = a, fa
-            for _ in range(60):
-                lam2, nu2 = lam + alpha * d[:-1], nu + alpha * d[-1]
+                    alpha, best_f, L2 = a, fa, Fa
+            lam2, nu2 = lam + alpha * d[:-1], nu + alpha * d[-1]
+            for _ in range(60 if L2 is None else 0):
                 L2 = self._f(lam2, nu2, 1.0, obj)[1] if (lam2 > 0).all() else None
                 if L2 is not None:
                     break
                 alpha *= 0.5  # only rounding can make the damped step infeasible
-            else:
+                lam2, nu2 = lam + alpha * d[:-1], nu + alpha * d[-1]
+            if L2 is None:
                 break
             lam, nu, L = lam2, nu2, L2
             if self.trace is not None:
