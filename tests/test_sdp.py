@@ -366,41 +366,32 @@ def test_unsupported_and_too_large_answer_unknown_with_reason(method):
 
 
 @pytest.mark.parametrize("kind", ["linf", "l2"])
-def test_newton_matrix_matches_finite_differences(kind):
-    """The dual Newton method's structured matrix (rows as ``sym(e_j v^T) + kappa E00``, the L2 ball's row
-    densely, the input block eliminated through its diagonal) against central differences of its own
-    gradient, and the gradient against differences of ``f_t``: a wrong term in either formula fails."""
+def test_interior_point_matrix_matches_dense_traces(kind):
+    """The interior point method's structured Schur matrix (rows as ``sym(e_j v^T) + kappa E00``, the L2
+    ball's row densely) against ``tr(B_a P B_b Sigma)`` from the dense row matrices, for unrelated positive
+    definite ``P`` and ``Sigma``; and its sparse ``dS`` against the dense sum. A wrong term fails."""
     from certify.sdp.bounds import scaled_objective
-    from certify.sdp.dual_newton import DualNewton
+    from certify.sdp.certificate import pattern_matrix
+    from certify.sdp.interior_point import InteriorPoint
     from verifiers.sdp import _l2
 
     model, s, C, d = _instance(7, 4, [6, 5], 3, kind, 0.3, "runtime")
     chain = lower_chain(model.graph, s)
     problem = build(chain, _l2(s))
-    obj, _ = scaled_objective(problem, chain.out.W.numpy().T @ C[0])
-    dn = DualNewton(problem)
+    dn = InteriorPoint(problem)
     assert dn.d_idx.size == 4 and (dn.special.size == (kind == "l2"))
-    lam, nu = dn._start(None, obj)
     rng = np.random.default_rng(0)
-    lam = lam * (1 + 0.2 * rng.random(lam.size))
-    t, reg = 0.1, 1e-3
-    for _ in range(60):  # an interior point: S > 0
-        nu -= 1.0
-        if dn._f(lam, nu, t, obj)[1] is not None:
-            break
-    z = np.concatenate([lam, [nu]])
-
-    def f(z):
-        return dn._f(z[:-1], z[-1], t, obj, reg)[0]
-
-    def grad(z):
-        return dn._newton(z[:-1], z[-1], dn._f(z[:-1], z[-1], t, obj)[1], t, obj, reg)[1]
-
-    H, g = dn._newton(lam, nu, dn._f(lam, nu, t, obj)[1], t, obj, reg)
-    for k in range(z.size):
-        e = np.zeros(z.size)
-        e[k] = 1e-4 * z[k] if k < lam.size else 1e-6 * max(1.0, abs(z[k]))  # relative: log's curvature
-        fd = (f(z + e) - f(z - e)) / (2 * e[k])
-        assert abs(fd - g[k]) <= 1e-5 * (1 + abs(g[k])), (k, fd, g[k])
-        col = (grad(z + e) - grad(z - e)) / (2 * e[k])
-        assert np.allclose(col, H[k], rtol=1e-5, atol=1e-7 * np.abs(H[k]).max()), k
+    n1, m = dn.n1, dn.m
+    X, Y = rng.standard_normal((n1, n1)), rng.standard_normal((n1, n1))
+    P, Sig = X @ X.T + 0.1 * np.eye(n1), Y @ Y.T + 0.1 * np.eye(n1)
+    lam, w = rng.random(m) + 0.5, rng.random(m)
+    B = [pattern_matrix(problem, problem.A.getrow(k).toarray()[0]) for k in range(m)]
+    E00 = np.zeros((n1, n1))
+    E00[0, 0] = -1.0
+    B.append(E00)
+    dense = np.array([[np.trace(Ba @ P @ Bb @ Sig) for Bb in B] for Ba in B])
+    dense[np.arange(m), np.arange(m)] += w / lam
+    H = dn.scaling_matrix(P, Sig, lam, w)
+    assert np.allclose(H, dense, rtol=1e-10, atol=1e-10 * np.abs(dense).max())
+    dvec = rng.standard_normal(m + 1)
+    assert np.allclose(dn._delta_s(dvec).toarray(), sum(c * Bk for c, Bk in zip(dvec, B)), atol=1e-12)
