@@ -108,7 +108,9 @@ def run_net(key: str, points: int, bm_seconds: float, row_seconds: float = math.
     gaps: dict[str, list[float]] = {"crown": [], "alpha-crown": [], "sdp-bm": []}
     closed: list[float] = []
     t_bm = 0.0
-    for i in np.nonzero(robust)[0]:
+    t_start = time.perf_counter()
+    todo = np.nonzero(robust)[0]
+    for done, i in enumerate(todo, 1):
         spec = spec_of(x[i], int(y[i]), eps)
         cr, al = crown_rows(model, spec), alpha_rows(model, spec)
         counts["crown"] += bool((cr > 0).all())
@@ -133,6 +135,9 @@ def run_net(key: str, points: int, bm_seconds: float, row_seconds: float = math.
                     gaps[name].append(ex - v)
                 if ex - float(al[r]) > 1e-9:
                     closed.append(1 - (ex - max(b[r], float(al[r]))) / (ex - float(al[r])))
+        print(f"[{key} {done}/{len(todo)}] certified crown {counts['crown']} alpha {counts['alpha-crown']} "
+              f"sdp-bm {counts['sdp-bm']} milp {counts['milp']}; {time.perf_counter() - t_start:.0f} s",
+              file=sys.stderr, flush=True)
     med = {k: float(np.median(v)) if v else math.nan for k, v in gaps.items()}
     return dict(net=key, widths=widths, acc=accuracy(net, xte, yte), eps=eps, counts=counts, median_gap=med,
                 closed=float(np.median(closed)) if closed else math.nan, bm_time=t_bm, points=points)
