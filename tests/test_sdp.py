@@ -225,7 +225,7 @@ def test_sdp_bm_below_exact_minimum_and_above_crown(case):
 @settings(max_examples=6, deadline=None)
 @given(st.integers(0, 2**30), st.sampled_from(["box", "linf", "l2"]), st.sampled_from(["runtime", "real"]))
 def test_sdp_bm_reaches_the_full_sdp(seed, kind, semantics):
-    """Two independent solvers of one relaxation: the low-rank method with its Newton finish certifies at
+    """Two independent solvers of one relaxation: the low-rank method with its interior point finish certifies at
     least Clarabel's bound, to 1e-4 relative, on MLPs of 2 x 12 ReLUs (there the first-order multipliers
     alone fell short by up to 1.6e-3)."""
     model, s, C, d = _instance(seed, 4, [12, 12], 3, kind, 0.5, semantics)
@@ -370,7 +370,6 @@ def test_interior_point_matrix_matches_dense_traces(kind):
     """The interior point method's structured Schur matrix (rows as ``sym(e_j v^T) + kappa E00``, the L2
     ball's row densely) against ``tr(B_a P B_b Sigma)`` from the dense row matrices, for unrelated positive
     definite ``P`` and ``Sigma``; and its sparse ``dS`` against the dense sum. A wrong term fails."""
-    from certify.sdp.bounds import scaled_objective
     from certify.sdp.certificate import pattern_matrix
     from certify.sdp.interior_point import InteriorPoint
     from verifiers.sdp import _l2

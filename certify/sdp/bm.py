@@ -42,9 +42,9 @@ class BMOptions:
     """``rank``: initial number of columns of ``V``; ``max_rank``: the escape stops there; ``outer``/``inner``:
     augmented-Lagrangian rounds and L-BFGS iterations per round; ``tol``: relative gap between the primal
     value and the certified bound at which to stop; ``check_every``: rounds between certificates;
-    ``polish``: L-BFGS-B iterations on the dual function at each check (0: none); ``newton``: after the
+    ``polish``: L-BFGS-B iterations on the dual function at each check (0: none); ``finish``: after the
     rounds, refine the multipliers by the primal-dual interior point method (``certify.sdp.interior_point``),
-    warm started at the low-rank point's multipliers and primal value, on the time left (``newton_iter``
+    warm started at the low-rank point's multipliers and primal value, on the time left (``finish_iter``
     iterations at most). Measured: a few rounds of the low-rank method then the interior point method beat
     thirty rounds with the polish in both time and bound (benchmarks/RESULTS.md); two rounds against five:
     the same bound to 1e-8, MNIST 2x16 rows 14 s instead of 17, digits 2x32 rows 1.3 s instead of 2.6."""
@@ -58,8 +58,8 @@ class BMOptions:
     tol: float = 1e-4
     check_every: int = 5
     polish: int = 0
-    newton: bool = True
-    newton_iter: int = 100
+    finish: bool = True
+    finish_iter: int = 100
 
 
 @dataclass
@@ -89,7 +89,7 @@ class BMSDP:
         self.pr = torch.as_tensor(problem.pr, device=self.device)
         self.pc = torch.as_tensor(problem.pc, device=self.device)
         self.mag = torch.as_tensor(np.where(problem.mag > 0, problem.mag, 1.0), dtype=dt, device=self.device)
-        self._dn = None
+        self._ip = None
 
     def _p(self, Y: torch.Tensor) -> torch.Tensor:
         V = Y * self.mag[:, None]
@@ -163,11 +163,11 @@ class BMSDP:
                         Y = torch.cat([Y.detach(), 1e-3 * col[:, None] / max(float(col.abs().max()), 1e-30)], 1)
                         escapes += 1
         stats: dict = {}
-        if options.newton:
+        if options.finish:
             try:
-                lam_n, stats = self._newton().solve(obj, best_lam, max_iter=options.newton_iter,
-                                                    seconds=max(0.0, seconds - (time.perf_counter() - t0)),
-                                                    upper=primal if math.isfinite(primal) else None)
+                lam_n, stats = self._interior_point().solve(obj, best_lam, max_iter=options.finish_iter,
+                                                            seconds=max(0.0, seconds - (time.perf_counter() - t0)),
+                                                            upper=primal if math.isfinite(primal) else None)
             except ArithmeticError as exc:  # no positive definite start: the low-rank certificate stands
                 stats = {"error": str(exc)}
             else:
@@ -175,15 +175,15 @@ class BMSDP:
                 if best is None or cert.bound > best.bound:
                     best, best_lam = cert, lam_n
         return BMResult(best_lam, best, primal, Y.shape[1], rounds, escapes,
-                        {"time": time.perf_counter() - t0, "rho": rho, "newton": stats})
+                        {"time": time.perf_counter() - t0, "rho": rho, "finish": stats})
 
-    def _newton(self):
-        """The Newton solver of this problem (its row structure computed once, on first use)."""
-        if self._dn is None:
+    def _interior_point(self):
+        """The interior point solver of this problem (its row structure computed once, on first use)."""
+        if self._ip is None:
             from .interior_point import InteriorPoint
 
-            self._dn = InteriorPoint(self.problem)
-        return self._dn
+            self._ip = InteriorPoint(self.problem)
+        return self._ip
 
 
 def _escape_direction(problem: QCQP, lam: np.ndarray, obj: np.ndarray) -> np.ndarray | None:

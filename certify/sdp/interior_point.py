@@ -8,7 +8,7 @@ The program ``min <G, P>`` s.t. ``<A_i, P> <= 0``, ``P_00 = 1``, ``P >= 0`` (``c
 strictly feasible, so every one is a candidate certificate. Measured (benchmarks/RESULTS.md): the
 first-order methods (Burer-Monteiro's augmented Lagrangian, with an L-BFGS-B polish of the dual) stalled
 3e-3..1e-2 relative from Clarabel's bound; a dual barrier (path-following) Newton method reached it but
-took 1,200-1,500 steps at 784 inputs, where this takes about 25 iterations.
+took 1,200-1,500 steps at 784 inputs, where this takes about 30 iterations.
 
 The Schur complement matrix is ``H_kl = tr(A_k P A_l S^-1)`` plus ``diag(w / lambda)``. Every row of the
 program touches one variable ``j`` and its neighbours (``x_j`` with its layer's inputs, or the first row
@@ -213,18 +213,17 @@ class InteriorPoint:
         ``sigma = (predicted / current complementarity)^3`` (the predicted value from the predictor's longest
         steps). One step length for primal and dual, 0.98 of the largest keeping ``P``, ``w``, ``S`` and
         ``lambda`` positive (generalised eigenvalues): separate lengths took 26 iterations on average instead
-        of 18 on 48 small MLP rows, with six runs stalling far from the optimum.
+        of 18 on 48 small MLP rows (and from the earlier start below six of them stalled far from the optimum).
         Start: the dual point ``lam0`` made strictly feasible, ``nu = nu_max - mu`` below the largest feasible
         ``nu_max``, ``(P, w) = mu (Sigma, 1 / lambda)`` (so ``P_00 = 1``) with ``mu = max(1, |upper|) / (n + 1 +
         m)``: ``upper`` (a primal value) sets the scale only; starting from the small gap to it left the
         complementarity too small against the primal residual, and steps short.
-        Measured on MNIST 2x16 (784 inputs, 958 rows): 30 iterations, 12 s, against 1,217 steps and 51 s of
+        Measured on MNIST 2x16 (784 inputs, 958 rows): 30 iterations, 9-12 s, against 1,217 steps and 51 s of
         the dual barrier (path-following) method this replaces, to the same bound within 5e-10; on 48 rows of
         small MLPs 18 iterations on average (at most 35), never more than 2e-8 below the best bound found.
         Stops at ``<P, S> + w^T lambda <= tol max(1, |nu|)`` with the primal residual below ``tol``, when
         the best ``nu`` has not improved for 8 iterations at a primal residual below 1e-4, when a
-        factorisation fails, or at ``seconds`` /
-        ``max_iter``."""
+        factorisation fails, or at ``seconds`` / ``max_iter``."""
         t0 = time.perf_counter()
         p = self.problem
         lam, nu_max = self._start(lam0, obj)
