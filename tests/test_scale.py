@@ -182,7 +182,10 @@ def test_an_interrupted_bench_resumes_from_its_journal_without_rerunning_finishe
     total = 6 * copies
     suite, journal = _suite(tmp_path, copies=copies), tmp_path / "run.jsonl"
     args = ["bench", str(suite), "--csv", str(tmp_path / "r.csv"), "--resume", str(journal), "--quiet"]
-    proc = subprocess.Popen(CLI + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child starts with Ctrl-C at its default whatever this process inherited: a suite started in the
+    # background of a non-interactive shell ignores SIGINT, and children inherit the ignore (seen: exit 0)
+    proc = subprocess.Popen(CLI + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if journal.exists() and len(journal.read_text().splitlines()) >= 4:  # header + 3 rows
