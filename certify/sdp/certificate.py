@@ -143,6 +143,18 @@ def pattern_matrix(problem: QCQP, vals: np.ndarray) -> np.ndarray:
     return M
 
 
+def pattern_sparse(problem: QCQP, vals: np.ndarray):
+    """``pattern_matrix`` as a ``scipy.sparse`` CSR matrix (same halving of off-diagonal values)."""
+    from scipy import sparse
+
+    off = problem.pr != problem.pc
+    half = np.where(off, vals / 2, vals)
+    r = np.concatenate([problem.pr, problem.pc[off]])
+    c = np.concatenate([problem.pc, problem.pr[off]])
+    n1 = problem.n + 1
+    return sparse.csr_matrix((np.concatenate([half, half[off]]), (r, c)), shape=(n1, n1))
+
+
 def schur_h(M: np.ndarray) -> tuple[float, float]:
     """``(h, tau)``: ``h = m^T (R + tau I)^{-1} m`` enlarged by ``1e-9`` relative, the smallest ``tau >= 0`` of a
     geometric sequence for which ``R + tau I`` factorises (module docstring)."""

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.linalg
 from scipy import sparse
 
-from .certificate import pattern_matrix
+from .certificate import pattern_matrix, pattern_sparse
 from .problem import QCQP
 
 
@@ -98,7 +98,8 @@ class InteriorPoint:
         raise ArithmeticError("no positive definite starting point")
 
     def _factor(self, lam: np.ndarray, nu: float, obj: np.ndarray):
-        """A factorisation ``(D, W, L)`` of ``S(lambda, nu)``, or ``None`` if it is not positive definite.
+        """``(S, (D, W, L))``: ``S(lambda, nu)`` and a factorisation of it, or ``None`` if it is not positive
+        definite.
 
         The input variables' block of ``S`` is diagonal (their rows are the box and the L2 ball: ``x_i^2``
         and ``x_i`` terms only), so ``S > 0`` iff that diagonal ``D > 0`` and the Schur complement
@@ -116,7 +117,7 @@ class InteriorPoint:
             L = scipy.linalg.cholesky(T, lower=True)
         except (np.linalg.LinAlgError, ValueError):
             return None
-        return D, W, L
+        return S, (D, W, L)
 
     def _sigma(self, F) -> np.ndarray:
         """``S^-1`` from ``_factor``'s factorisation (block inverse through the Schur complement)."""
@@ -185,17 +186,8 @@ class InteriorPoint:
 
     def _delta_s(self, d: np.ndarray) -> sparse.csr_matrix:
         """``dS = sum_k d_k A_k - d_nu e_0 e_0^T``, sparse."""
-        p = self.problem
-        vals = self.A.T @ d[:-1]
-        vals[(p.pr == 0) & (p.pc == 0)] -= d[-1]
-        half = np.where(p.pr != p.pc, vals / 2, vals)
-        off = p.pr != p.pc
-        r = np.concatenate([p.pr, p.pc[off]])
-        c = np.concatenate([p.pc, p.pr[off]])
-        X = sparse.csr_matrix((np.concatenate([half, half[off]]), (r, c)), shape=(self.n1, self.n1))
-        if not ((p.pr == 0) & (p.pc == 0)).any():
-            X = X - sparse.csr_matrix(([d[-1]], ([0], [0])), shape=(self.n1, self.n1))
-        return X
+        X = pattern_sparse(self.problem, self.A.T @ d[:-1])
+        return X - sparse.csr_matrix(([d[-1]], ([0], [0])), shape=X.shape)
 
     def solve(self, obj: np.ndarray, lam0: np.ndarray | None = None, seconds: float = math.inf,
               tol: float = 1e-7, max_iter: int = 100, upper: float | None = None) -> tuple[np.ndarray, dict]:
@@ -234,7 +226,7 @@ class InteriorPoint:
         F = self._factor(lam, nu, obj)
         if F is None:
             raise ArithmeticError("no positive definite starting point")
-        Sig = self._sigma(F)
+        S, Sig = F[0], self._sigma(F[1])
         e = np.zeros(self.m + 1)
         e[-1] = 1.0
         P, w = mu * Sig, mu / lam
@@ -243,7 +235,6 @@ class InteriorPoint:
         it = 0
         while it < max_iter and time.perf_counter() - t0 < seconds:
             it += 1
-            S = self.matrix(lam, nu, obj)
             comp = float(np.sum(P * S) + w @ lam)
             res = max(float(np.abs(self.A @ P[p.pr, p.pc] + w).max(initial=0.0)), abs(float(P[0, 0]) - 1.0))
             if comp <= tol * max(1.0, abs(nu)) and res <= tol:
@@ -287,7 +278,7 @@ class InteriorPoint:
             if F2 is None:
                 break
             P, w = P + a * dP, w + a * dw
-            lam, nu, Sig = lam2, nu2, self._sigma(F2)
+            lam, nu, S, Sig = lam2, nu2, F2[0], self._sigma(F2[1])
             if self.trace is not None:
                 self.trace.append((it, comp, res, a, nu))
             if nu > best_nu + 1e-12 * max(1.0, abs(nu)):
