@@ -216,3 +216,43 @@ def test_open_domain_queue_is_first_in_first_out_and_counts_what_it_holds():
             queue.add([part(100, 2)])
             total += 2
     assert seen == [*range(12), 100.0, 101.0] and len(queue) == 0 and queue.nbytes() == 0
+
+
+def test_filtered_branching_picks_the_candidate_whose_worse_child_bounds_best():
+    """The batched choice (domains x candidates x sides in one CROWN pass) against each child bounded alone:
+    for every domain, the chosen neuron is the candidate with the largest min over its two children."""
+    from certify.engine.bab import _clamped, _filtered_choice, _with_split
+    from certify.engine.crown import compute_boxes, crown_lower
+    from certify.engine.fp import FAST
+    from certify.sets import LpBall
+
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 3)).eval()
+    g = from_module(net, (6,)).graph.to(dtype=torch.float32)
+    s = LpBall(torch.zeros(1, 6), torch.tensor([1.0]), float("inf"))
+    root = compute_boxes(g, s, FAST)
+    relus = {n.name: n.inputs[0] for n in g.nodes if n.op == "relu"}
+    C, d, cor = torch.tensor([[[1.0, -1.0, 0.5]]]), torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
+    n, k = 5, 3
+    signs = {r: torch.zeros(n, *root[z].shape, dtype=torch.int8) for r, z in relus.items()}
+    signs = _with_split(signs, torch.tensor([0, 1, 2, 10, 11]), torch.tensor([1, -1, 1, -1, 1], dtype=torch.int8))
+    alphas = {r: torch.rand(n, 1, *root[z].shape) for r, z in relus.items()}
+    betas = {r: torch.rand(n, 1, *root[z].shape) for r, z in relus.items()}
+    boxes = _clamped(root, relus, signs, n)
+    score = torch.rand(n, 18)
+    score[:, :3] = torch.where(signs[next(iter(relus))].flatten(1)[:, :3] != 0, -torch.inf, score[:, :3])
+    choice = _filtered_choice(g, s, C, d, cor, 1, relus, score, k, boxes, signs, alphas, betas)
+    for i in range(n):
+        cand = score[i].topk(k).indices
+        worse = []
+        for j in cand:
+            sides = []
+            for side in (1, -1):
+                ch = _with_split({r: v[i:i + 1] for r, v in signs.items()}, j.reshape(1), side)
+                sides.append(float(crown_lower(g, s, C, d, FAST, boxes=_clamped(root, relus, ch, 1),
+                                               alphas={r: a[i:i + 1] for r, a in alphas.items()},
+                                               betas={r: (betas[r][i:i + 1], ch[r].float()) for r in relus})))
+            worse.append(min(sides) if torch.isfinite(score[i, j]) else -float("inf"))
+        assert int(choice[i]) in cand.tolist()
+        assert max(worse) - worse[cand.tolist().index(int(choice[i]))] <= 1e-5, (i, worse, choice[i])

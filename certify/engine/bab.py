@@ -172,6 +172,7 @@ class ReluSplitOptions:
     iterations: int = 10
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
+    candidates: int = 4
 
 
 @dataclass
@@ -257,6 +258,53 @@ def _clamped(boxes: dict[str, Box], relus: dict[str, str], signs: dict[str, Tens
     return out
 
 
+def _with_split(signs: dict[str, Tensor], choice: Tensor, side: int | Tensor) -> dict[str, Tensor]:
+    """Copies of the domains' ``signs`` with neuron ``choice[i]`` of domain ``i`` set to ``side`` (or
+    ``side[i]``); neurons are numbered across the ReLUs in the order of ``signs``, each ReLU's values flat."""
+    out, offset = {}, 0
+    for k, v in signs.items():
+        flat = v.flatten(1).clone()
+        local = choice - offset
+        hit = ((local >= 0) & (local < flat.shape[1])).nonzero()[:, 0]
+        flat[hit, local[hit]] = side if isinstance(side, int) else side[hit].to(flat.dtype)
+        out[k] = flat.reshape(v.shape)
+        offset += flat.shape[1]
+    return out
+
+
+def _filtered_choice(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_of_row: Tensor, K: int,
+                     relus: dict[str, str], score: Tensor, k: int, boxes: dict[str, Box],
+                     signs: dict[str, Tensor], alphas: dict[str, Tensor], betas: dict[str, Tensor]) -> Tensor:
+    """Filtered smart branching (De Palma et al. 2021; alpha-beta-CROWN's ``kfsb``): of each domain's ``k``
+    best neurons by the estimate ``score`` ``[n, neurons]``, the one whose worse child has the best bound.
+    Each child is bounded by one fast CROWN pass with the domain's slopes and multipliers, the candidate
+    cut to its side (in its box and as a split constraint with multiplier 0), batched over domains,
+    candidates and both sides. Only the choice of neuron depends on these bounds, never a proof."""
+    from .crown import crown_lower
+    from .fp import FAST
+
+    n = score.shape[0]
+    k = min(k, score.shape[1])
+    top, cand = score.topk(k, 1)
+    N = 2 * n * k
+    flat = cand.reshape(-1).repeat(2)
+    side = torch.cat([torch.ones(n * k, dtype=torch.int8), -torch.ones(n * k, dtype=torch.int8)]).to(cand.device)
+
+    def rep(t: Tensor) -> Tensor:  # [n, ...] -> [2 n k, ...]: side-major, then domain, then candidate
+        return t.repeat_interleave(k, 0).repeat(2, *([1] * (t.dim() - 1)))
+
+    child = _with_split({name: rep(v) for name, v in signs.items()}, flat, side)
+    cut = _clamped({t: Box(rep(b.lower), rep(b.upper)) for t, b in boxes.items()}, relus, child, N)
+    with torch.no_grad():
+        rows = crown_lower(graph, input_set[torch.zeros(N, dtype=torch.long, device=score.device)],
+                           C.expand(N, -1, -1), d.expand(N, -1), FAST, boxes=cut,
+                           alphas={name: rep(a) for name, a in alphas.items()},
+                           betas={name: (rep(b), child[name].to(b.dtype)) for name, b in betas.items()})
+    worst = clause_max(rows, clause_of_row, K).min(1).values.reshape(2, n, k).min(0).values
+    worst = torch.where(torch.isfinite(top), worst.nan_to_num(-torch.inf), torch.full_like(worst, -torch.inf))
+    return cand.gather(1, worst.argmax(1, keepdim=True))[:, 0]
+
+
 def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_of_row: Tensor,
                root_boxes: tuple[dict[str, Box], dict[str, Box]], root_alphas: dict[str, Tensor],
                try_points: Callable[[Tensor], object | None], budget: Budget,
@@ -274,7 +322,8 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
 
     Branching (BaBSR-style estimate of the bound improvement): for every unstable, unsplit neuron, the
     intercept of its upper relaxation line, ``-l u / (u - l)``, times the negative part of the worst
-    clause's best row's coefficient on the ReLU's output; the largest is split. Each open domain's
+    clause's best row's coefficient on the ReLU's output; of the ``options.candidates`` largest, the one
+    whose worse child bounds best (``_filtered_choice``) is split. Each open domain's
     minimiser of the final linear bound over the input box is offered to ``try_points``.
     """
     from .crown import crown_lower
@@ -381,30 +430,24 @@ def relu_split(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, clause_o
         if not scores:  # no ReLU at all: CROWN was exact, nothing to split
             exhausted += o.numel()
             continue
-        top, choice = torch.cat(scores, 1).max(1)
+        score = torch.cat(scores, 1)
+        top, choice = score.max(1)
         splittable = torch.isfinite(top)
         exhausted += int((~splittable).sum())
-        o, choice = o[splittable], choice[splittable]
+        o, choice, score = o[splittable], choice[splittable], score[splittable]
         if not o.numel():
             continue
+        if options.candidates > 1:
+            choice = _filtered_choice(g32, s32, C32, d32, clause_of_row, K, relus, score, options.candidates,
+                                      {t: Box(b.lower[o], b.upper[o]) for t, b in boxes.items()},
+                                      {k: v[o] for k, v in signs.items()}, {k: best_a[k][o] for k in relus},
+                                      {k: best_b[k][o] for k in relus})
         full = store.admit(queue.nbytes() + 2 * batch.nbytes() * o.numel() // n, len(queue) + 2 * o.numel())
         if full is not None:
             return full
-        children = []
-        for side in (1, -1):
-            ch_signs, offset = {}, 0
-            for k in relus:
-                v = signs[k][o].clone()
-                width = v[0].numel()
-                local = choice - offset
-                hit = (local >= 0) & (local < width)
-                vf = v.flatten(1)
-                vf[hit.nonzero()[:, 0], local[hit]] = side
-                ch_signs[k] = vf.reshape(v.shape)
-                offset += width
-            children.append(_Domains(ch_signs, {k: best_a[k][o] for k in relus}, {k: best_b[k][o] for k in relus},
-                                     best[o]))
-        queue.add(children)
+        queue.add([_Domains(_with_split({k: v[o] for k, v in signs.items()}, choice, side),
+                            {k: best_a[k][o] for k in relus}, {k: best_b[k][o] for k in relus}, best[o])
+                   for side in (1, -1)])
     if exhausted:
         return BaBOutcome(False, reason=f"{exhausted} domains with every ReLU split stayed open", stats=store.stats(0))
     return BaBOutcome(True, stats=store.stats(0), bounds=certified)
