@@ -23,7 +23,7 @@ from typing import Any
 
 from . import registry
 from .budget import Budget
-from .engine.alpha import shared_slopes
+from .engine.memo import shared
 from .engine.fp import OverflowRisk
 from .errors import BackendUnavailable, CertifyError
 from .graph import SEMANTICS
@@ -118,7 +118,7 @@ def _verify(model: Model, prop: Property, method: str, *, timeout: float | None,
     def done(result: Result) -> bool:
         return result.verdict is not Verdict.UNKNOWN or budget.expired()
 
-    with shared_slopes():  # alpha-CROWN's root slopes are branch-and-bound's: optimised once
+    with shared():  # boxes and slopes computed once along the chain (crown -> alpha-crown -> bab)
         last, exact_tried = _chain(model, prop, attack, budget, step, done)
     assert last is not None
     if not done(last) and not exact_tried:

@@ -100,7 +100,7 @@ def test_networks_the_exact_backend_cannot_encode_keep_input_splitting():
 
 
 def test_alpha_slopes_are_optimised_once_along_the_chain(monkeypatch):
-    """alpha-CROWN's root slopes are branch-and-bound's (``shared_slopes``): one optimisation per spec in
+    """alpha-CROWN's root slopes are branch-and-bound's (``memo.shared``): one optimisation per spec in
     ``auto``; the answer still agrees with the exact minimum."""
     from certify.engine import alpha
 
@@ -125,8 +125,37 @@ def test_alpha_slopes_are_optimised_once_along_the_chain(monkeypatch):
     assert len(calls) == 2
 
 
+def test_sound_boxes_are_computed_once_along_the_chain(monkeypatch):
+    """crown -> alpha-crown -> bab in ``auto``: CROWN's sound boxes once (the crown step's are alpha-CROWN's),
+    the boxes with optimised slopes once (alpha-CROWN's are branch-and-bound's root); without the chain each
+    step computes its own. The answer still agrees with the exact minimum."""
+    from certify.engine import crown
+
+    calls = []
+    real = crown.compute_boxes
+
+    def counting(graph, input_set, rnd, *args, **kwargs):
+        # the bound passes' boxes of the whole network (not milp's exact-arithmetic ones, nor ibp's elided tail's)
+        if rnd.runtime is not None and kwargs.get("refine", True) and len(graph.nodes) == len(model.graph.nodes):
+            calls.append(kwargs.get("alphas") is not None)
+        return real(graph, input_set, rnd, *args, **kwargs)
+
+    net, model, box, c, minimum = _instance(2, 20, 16, (0.4, 0.6))  # 20 inputs: ReLU splitting
+    monkeypatch.setattr(crown, "compute_boxes", counting)
+    threshold = minimum - 1e-3
+    result = api.verify(model, _prop(box, c, threshold), timeout=60, attack=False)
+    _check(net, box, c, threshold, result, Verdict.PROVED)
+    assert {"crown", "alpha-crown", "bab"} <= set(_names(result)), result.steps
+    assert sorted(calls) == [False, True], calls
+    calls.clear()
+    for method in ("crown", "alpha-crown", "bab"):
+        api.verify(model, _prop(box, c, threshold), method, timeout=60, attack=False)
+    assert calls.count(True) == 2 and calls.count(False) >= 3, calls
+
+
 def test_shared_slopes_reuse_only_identical_calls():
-    from certify.engine.alpha import optimise_alphas, shared_slopes
+    from certify.engine.alpha import optimise_alphas
+    from certify.engine.memo import shared as shared_slopes
 
     _, model, box, c, _ = _instance(3, 6, 12, (0.5, 1.0))
     C = torch.tensor(c)[None, None]

@@ -17,7 +17,7 @@ from certify.bounding import BoundOptions, attack_first
 from certify.budget import Budget
 from certify.engine.alpha import AlphaOptions, optimise_alphas
 from certify.engine.bab import MEMORY_MB, BaBOutcome, InputSplitOptions, ReluSplitOptions, input_split, relu_split
-from certify.engine.crown import _as64, compute_boxes, crown_lower, sound_crown_lower
+from certify.engine.crown import _as64, compute_boxes, crown_lower, sound_boxes, sound_crown_lower, sound_slope_boxes
 from certify.engine.fp import FAST, sound_context, sound_rounding
 from certify.engine.rules import RULES
 from certify.models import Model
@@ -62,19 +62,23 @@ def _input_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget,
     C, d, clause_of_row = spec.matrix()
     fast_graph = model.graph.to(device=options.device, dtype=torch.float32)
     K = len(spec.unsafe)
+    unstable = options.split.only_unstable
 
     def bound(domain: Box, C_, d_):
         """Screen with fast float32 CROWN; certify with sound float64 CROWN only the domains the fast
         bound closes (the search trusts a positive row only where it closes its domain soundly)."""
         coefficients: dict = {}
         dev = options.device
-        rows = crown_lower(fast_graph, domain.to(device=dev, dtype=torch.float32), C_.to(dev, torch.float32),
-                           d_.to(dev, torch.float32), FAST, coefficients=coefficients).double().cpu()
+        dom32 = domain.to(device=dev, dtype=torch.float32)
+        rows = crown_lower(fast_graph, dom32, C_.to(dev, torch.float32), d_.to(dev, torch.float32), FAST,
+                           boxes=compute_boxes(fast_graph, dom32, FAST, only_unstable=unstable),
+                           coefficients=coefficients).double().cpu()
         closing = (clause_max(rows, clause_of_row, K) > 0).all(1)
         rows = rows.clamp(max=0.0)  # nothing uncertified may look proved
         if bool(closing.any()):
             idx = closing.nonzero()[:, 0]
-            rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev).cpu()
+            rows[idx] = sound_crown_lower(model.graph, domain[idx], C_[idx], d_[idx], device=dev,
+                                          only_unstable=unstable).cpu()
         return rows, coefficients["input"].double().cpu()
 
     outcome = input_split(box, C, d, clause_of_row, bound, _candidates(model, spec, index), budget,
@@ -108,9 +112,10 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
                                       time_limit=0.25 * budget.remaining())
     g64 = model.graph.to(device=dev, dtype=torch.float64)
     s64 = spec.input.reshape(model.input_shape).to(device=g64.device, dtype=torch.float64)
+    # the alpha-CROWN step of ``auto`` computed these boxes already (``memo``)
+    sound = sound_slope_boxes(model.graph, spec.input, inter, dev) if inter else sound_boxes(model.graph, spec.input, dev)
     with sound_context():
         rnd = sound_rounding(g64)
-        sound = compute_boxes(g64, s64, rnd, alphas={t: _as64(a, g64.device) for t, a in inter.items()} or None)
         root = crown_lower(g64, s64, C.to(g64.device, torch.float64), d.to(g64.device, torch.float64), rnd,
                            boxes=sound, alphas=_as64(final, g64.device) or None).cpu()
     root_clauses = clause_max(root, clause_of_row, len(spec.unsafe))[0]

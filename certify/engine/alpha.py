@@ -14,13 +14,9 @@ intermediate slopes); it lives here alone, with ``alpha_crown_lower`` as its sta
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -29,6 +25,7 @@ from ..graph import Graph
 from ..sets import InputSet
 from .crown import RowSlopes, _needs_bounds, compute_boxes, crown_lower, sound_crown_lower
 from .fp import FAST
+from .memo import recall
 from .optim import adam
 from .rules import RULES
 
@@ -110,50 +107,13 @@ def _full_rows(graph: Graph, boxes, inter, rows):
     return out
 
 
-_SHARED: ContextVar[list | None] = ContextVar("certify_shared_slopes", default=None)
-
-
-@contextmanager
-def shared_slopes() -> Iterator[None]:
-    """Within the block, ``optimise_alphas`` hands back the result of an identical earlier call (the same
-    graph object, input set, rows ``C, d``, options and device) instead of optimising again: ``auto`` runs its
-    chain inside one, so alpha-CROWN's slopes are branch-and-bound's root slopes. Shared, not copied: callers
-    treat slopes as read-only (they do: every consumer slices, converts or reads them)."""
-    token = _SHARED.set([])
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Exact equality of input sets / tensors / plain values (tensors: shape, dtype and every value)."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
-                and a.device == b.device and bool(torch.equal(a, b)))
-    if dataclasses.is_dataclass(a) and not isinstance(a, type):
-        return type(a) is type(b) and all(_same(getattr(a, f.name), getattr(b, f.name))
-                                          for f in dataclasses.fields(a) if f.compare)
-    if isinstance(a, tuple) and isinstance(b, tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
-
-
 def optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
                     options: AlphaOptions = AlphaOptions(), device=None, time_limit: float = math.inf):
     """Slopes of the best iterate (final, intermediate) and its fast, unrounded bound; stops early
-    after ``time_limit`` seconds (keeping the best iterate so far). Inside ``shared_slopes`` an identical
-    earlier call's result is returned as it is."""
-    memo = _SHARED.get()
-    if memo is None:
-        return _optimise_alphas(graph, input_set, C, d, options, device, time_limit)
+    after ``time_limit`` seconds (keeping the best iterate so far). Inside ``memo.shared()`` an identical
+    earlier call's result is returned as it is (``auto``: alpha-CROWN's slopes are branch-and-bound's root's)."""
     key = (input_set.reshape(graph.input_shape), C, d, options, str(device))
-    for g, k, result in memo:
-        if g is graph and _same(k, key):
-            return result
-    result = _optimise_alphas(graph, input_set, C, d, options, device, time_limit)
-    memo.append((graph, key, result))
-    return result
+    return recall("alpha", graph, key, lambda: _optimise_alphas(graph, input_set, C, d, options, device, time_limit))
 
 
 def _optimise_alphas(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, options: AlphaOptions,

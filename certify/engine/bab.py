@@ -42,10 +42,13 @@ MEMORY_MB = 4096.0
 class InputSplitOptions:
     """``batch`` domains bounded per pass; the open domains' tensors never take more than ``memory_mb``
     MiB (the memory cap: the search stops with unknown rather than store more). The working memory of one
-    pass is fixed by ``batch`` and the network, not by the search."""
+    pass is fixed by ``batch`` and the network, not by the search. ``only_unstable``: the bounding function's
+    intermediate CROWN passes refine only the values unstable in some domain of the batch
+    (``compute_boxes(only_unstable=True)``; read by the backend's bounding function)."""
 
     batch: int = 256
     memory_mb: float = MEMORY_MB
+    only_unstable: bool = True
 
 
 @dataclass

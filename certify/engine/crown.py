@@ -34,6 +34,7 @@ from torch import Tensor
 from ..graph import Graph
 from ..sets import Box, InputSet, LpBall, up
 from .fp import FAST, Rounding, sound_context, sound_rounding, unit_roundoff
+from .memo import recall
 from .rules import RULES, magnitude, node_box, runtime_perturbation
 
 # Intermediate-bound rows per backward pass: sized so a coefficient tensor [B, 2 rows, n] stays near 256k
@@ -231,7 +232,7 @@ def _exact_under_ibp(graph: Graph, input_set: InputSet) -> set[str]:
 def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool = True,
                   alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
                   intersect_ibp: bool = True, rows: Mapping[str, Tensor] | None = None,
-                  base: Mapping[str, Box] | None = None) -> dict[str, Box]:
+                  base: Mapping[str, Box] | None = None, only_unstable: bool = False) -> dict[str, Box]:
     """Bounds of every tensor: IBP, tightened by CROWN at the inputs of nonlinear ops (``refine``).
 
     Every neuron there is refined, stable ones included: their tighter bounds tighten the IBP of the
@@ -242,6 +243,9 @@ def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool
     ``rows[t]`` (flat value indices) restricts the refinement of ``t`` to those values, the others keeping
     ``base[t]`` (valid bounds from an earlier pass, intersected with this pass's IBP); ``alphas[t]`` then
     holds slopes for those rows only (``+e_i`` for each index in order, then ``-e_i``).
+    ``only_unstable`` (without ``alphas``) refines only the values whose box so far contains 0 in some instance
+    of the batch: a stable value meets a ReLU that is exact on its box, so its CROWN bound changes no
+    relaxation; what is given up is its tighter box inside the IBP of later tensors (intersected with CROWN).
     Tensors IBP bounds exactly (``_exact_under_ibp``: the first layer over a box) are not refined: a CROWN pass
     there costs as much as all the others of a two-layer CNN and gains at most rounding."""
     boxes = Boxes({graph.input: rnd.input_box(input_set.bounds())})
@@ -257,6 +261,9 @@ def compute_boxes(graph: Graph, input_set: InputSet, rnd: Rounding, refine: bool
                 boxes[node.output] = Box(-inf, inf)
             own = alphas.get(node.output) if alphas else None
             only = rows.get(node.output) if rows is not None else None
+            if only is None and only_unstable:
+                b = boxes[node.output]
+                only = ((b.lower < 0) & (b.upper > 0)).flatten(1).any(0).nonzero()[:, 0]
             if only is None:
                 boxes[node.output] = _refine(graph, boxes, input_set, node.output, rnd, own)
             else:
@@ -372,35 +379,69 @@ def _as64(alphas, dev):
     return RowSlopes(out, alphas.rows) if isinstance(alphas, RowSlopes) else out
 
 
+def sound_boxes(graph: Graph, input_set: InputSet, device, only_unstable: bool = False) -> dict[str, Box]:
+    """CROWN's sound float64 boxes of every tensor (``compute_boxes`` with ``sound_rounding``); shared along an
+    ``auto`` chain (``memo``): the crown step's are alpha-CROWN's and branch-and-bound's starting boxes."""
+    g = graph.to(device=device, dtype=torch.float64)
+    s = input_set.reshape(graph.input_shape).to(device=g.device, dtype=torch.float64)
+
+    def compute():
+        with sound_context():
+            return compute_boxes(g, s, sound_rounding(g), only_unstable=only_unstable)
+
+    return recall("sound-boxes", graph, (s, str(g.device), only_unstable), compute)
+
+
+def sound_slope_boxes(graph: Graph, input_set: InputSet, intermediate_alphas: Mapping[str, Mapping[str, Tensor]],
+                      device=None) -> dict[str, Box]:
+    """Sound float64 boxes of every tensor with optimised intermediate slopes, each value never looser than
+    CROWN's: with ``RowSlopes`` only their rows are bounded again and the rest keep CROWN's boxes; with full
+    slopes every row takes the tighter of the two passes (``_refine``). Shared along an ``auto`` chain."""
+    g = graph.to(device=device, dtype=torch.float64)
+    dev = g.device
+    s = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
+    crown_boxes = sound_boxes(graph, input_set, device)
+
+    def compute():
+        inter = {t: _as64(a, dev) for t, a in intermediate_alphas.items()}
+        rnd = sound_rounding(g)
+        with sound_context():
+            if all(isinstance(a, RowSlopes) for a in inter.values()):
+                # CROWN's boxes stand for the rows without slopes of their own; only the others are bounded again
+                rows, own = _own_rows(g, crown_boxes, inter)
+                return compute_boxes(g, s, rnd, alphas=own, rows=rows, base=crown_boxes)
+            return compute_boxes(g, s, rnd, alphas=inter)
+
+    return recall("sound-slope-boxes", graph, (s, str(dev), intermediate_alphas), compute)
+
+
 def sound_crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor,
                       device: str | torch.device | None = None,
                       alphas: Mapping[str, Tensor] | None = None,
                       intermediate_alphas: Mapping[str, Mapping[str, Tensor]] | None = None,
-                      coefficients: dict | None = None) -> Tensor:
+                      coefficients: dict | None = None, only_unstable: bool = False) -> Tensor:
     """``crown_lower`` in float64 with sound rounding: below the exact real-arithmetic minimum and,
     under the graph's default ``runtime`` semantics, below every runtime evaluation (``fp.sound_rounding``).
 
     Without slopes this is CROWN. With optimised ``alphas`` (final rows) and ``intermediate_alphas``
     (per bounded tensor) it returns the larger of CROWN's bound and the bound with those slopes over
-    intermediate boxes that take the tighter of both, row by row: never looser than CROWN."""
+    intermediate boxes that take the tighter of both, row by row: never looser than CROWN. ``only_unstable``:
+    CROWN's intermediate boxes refine only unstable values (``compute_boxes``). Inside ``memo.shared()``
+    the boxes of an identical earlier call are reused (the bounds themselves are computed again: cheap)."""
     g = graph.to(device=device, dtype=torch.float64)
     dev = g.device
     s = input_set.reshape(graph.input_shape).to(device=dev, dtype=torch.float64)
     C, d = C.to(dev, torch.float64), d.to(dev, torch.float64)
     rnd = sound_rounding(g)
+    crown_boxes = sound_boxes(graph, input_set, device, only_unstable)
+    slope_boxes = sound_slope_boxes(graph, input_set, intermediate_alphas, device) if intermediate_alphas else None
     with sound_context():
-        crown_boxes = compute_boxes(g, s, rnd)
         best = crown_lower(g, s, C, d, rnd, boxes=crown_boxes, coefficients=coefficients)
         if alphas is None and intermediate_alphas is None:
             return best
-        inter = {t: _as64(a, dev) for t, a in intermediate_alphas.items()} if intermediate_alphas else None
-        if inter and all(isinstance(a, RowSlopes) for a in inter.values()):
-            # CROWN's boxes stand for the rows without slopes of their own; only the others are bounded again
-            rows, own = _own_rows(g, crown_boxes, inter)
-            boxes = compute_boxes(g, s, rnd, alphas=own, rows=rows, base=crown_boxes)
-        else:
-            boxes = compute_boxes(g, s, rnd, alphas=inter)
-        best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes))
+        boxes = slope_boxes if slope_boxes is not None else crown_boxes
+        if slope_boxes is not None:
+            best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes))
         if alphas:
             best = torch.maximum(best, crown_lower(g, s, C, d, rnd, boxes=boxes, alphas=_as64(alphas, dev)))
     return best
