@@ -23,8 +23,8 @@ from typing import Any
 
 from . import registry
 from .budget import Budget
-from .engine.memo import shared
 from .engine.fp import OverflowRisk
+from .engine.memo import shared
 from .errors import BackendUnavailable, CertifyError
 from .graph import SEMANTICS
 from .models import Model, check_spec_fits

@@ -155,12 +155,12 @@ def test_sound_boxes_are_computed_once_along_the_chain(monkeypatch):
 
 def test_shared_slopes_reuse_only_identical_calls():
     from certify.engine.alpha import optimise_alphas
-    from certify.engine.memo import shared as shared_slopes
+    from certify.engine.memo import shared
 
     _, model, box, c, _ = _instance(3, 6, 12, (0.5, 1.0))
     C = torch.tensor(c)[None, None]
     d = torch.zeros(1, 1, dtype=torch.float64)
-    with shared_slopes():
+    with shared():
         first = optimise_alphas(model.graph, box, C, d)
         assert optimise_alphas(model.graph, Box(box.lower.clone(), box.upper.clone()), C.clone(), d) is first
         assert optimise_alphas(model.graph, box, -C, d) is not first

@@ -218,9 +218,9 @@ def test_open_domain_queue_is_first_in_first_out_and_counts_what_it_holds():
     assert seen == [*range(12), 100.0, 101.0] and len(queue) == 0 and queue.nbytes() == 0
 
 
-def test_filtered_branching_picks_the_candidate_whose_worse_child_bounds_best():
+def test_filtered_branching_picks_the_candidate_whose_better_child_bounds_best():
     """The batched choice (domains x candidates x sides in one CROWN pass) against each child bounded alone:
-    for every domain, the chosen neuron is the candidate with the largest min over its two children."""
+    for every domain, the chosen neuron is the candidate with the largest max over its two children."""
     from certify.engine.bab import _clamped, _filtered_choice, _with_split
     from certify.engine.crown import compute_boxes, crown_lower
     from certify.engine.fp import FAST
@@ -245,7 +245,7 @@ def test_filtered_branching_picks_the_candidate_whose_worse_child_bounds_best():
     choice = _filtered_choice(g, s, C, d, cor, 1, relus, score, k, boxes, signs, alphas, betas)
     for i in range(n):
         cand = score[i].topk(k).indices
-        worse = []
+        better = []
         for j in cand:
             sides = []
             for side in (1, -1):
@@ -253,6 +253,6 @@ def test_filtered_branching_picks_the_candidate_whose_worse_child_bounds_best():
                 sides.append(float(crown_lower(g, s, C, d, FAST, boxes=_clamped(root, relus, ch, 1),
                                                alphas={r: a[i:i + 1] for r, a in alphas.items()},
                                                betas={r: (betas[r][i:i + 1], ch[r].float()) for r in relus})))
-            worse.append(min(sides) if torch.isfinite(score[i, j]) else -float("inf"))
+            better.append(max(sides) if torch.isfinite(score[i, j]) else -float("inf"))
         assert int(choice[i]) in cand.tolist()
-        assert max(worse) - worse[cand.tolist().index(int(choice[i]))] <= 1e-5, (i, worse, choice[i])
+        assert max(better) - better[cand.tolist().index(int(choice[i]))] <= 1e-5, (i, better, choice[i])
