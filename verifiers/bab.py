@@ -113,7 +113,8 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
     g64 = model.graph.to(device=dev, dtype=torch.float64)
     s64 = spec.input.reshape(model.input_shape).to(device=g64.device, dtype=torch.float64)
     # the alpha-CROWN step of ``auto`` computed these boxes already (``memo``)
-    sound = sound_slope_boxes(model.graph, spec.input, inter, dev) if inter else sound_boxes(model.graph, spec.input, dev)
+    sound = (sound_slope_boxes(model.graph, spec.input, inter, dev) if inter
+             else sound_boxes(model.graph, spec.input, dev))
     with sound_context():
         rnd = sound_rounding(g64)
         root = crown_lower(g64, s64, C.to(g64.device, torch.float64), d.to(g64.device, torch.float64), rnd,
@@ -128,11 +129,13 @@ def _relu_decide(model: Model, spec: Spec, options: BaBOptions, budget: Budget, 
     certified = root_clauses.double().clone()
     visited, peak = 0, 0.0
     outcome = BaBOutcome(True)
+    relu_options = replace(options.relu, memory_mb=options.memory_mb)
     for k in open_clauses[torch.argsort(root_clauses[open_clauses])]:
         keep = clause_of_row == k
-        outcome = relu_split(model.graph, spec.input, C[:, keep], d[:, keep], torch.zeros(int(keep.sum()), dtype=torch.long),
-                             (sound, fast), {t: v[:, keep.to(v.device)] for t, v in final.items()},
-                             _candidates(model, spec, index), budget, replace(options.relu, memory_mb=options.memory_mb), dev)
+        one_clause = torch.zeros(int(keep.sum()), dtype=torch.long)
+        outcome = relu_split(model.graph, spec.input, C[:, keep], d[:, keep], one_clause, (sound, fast),
+                             {t: v[:, keep.to(v.device)] for t, v in final.items()}, _candidates(model, spec, index),
+                             budget, relu_options, dev)
         visited += outcome.stats.get("domains", 0)
         peak = max(peak, outcome.stats.get("peak_store_mb", 0.0))
         outcome.stats = {**outcome.stats, "domains": visited, "peak_store_mb": peak}
