@@ -166,3 +166,22 @@ def test_shared_slopes_reuse_only_identical_calls():
         assert optimise_alphas(model.graph, box, -C, d) is not first
         assert optimise_alphas(model.graph, Box(box.lower, box.upper + 1e-9), C, d) is not first
     assert optimise_alphas(model.graph, box, C, d) is not first
+
+
+def test_chain_memo_keeps_only_the_most_recent_results():
+    """Branch-and-bound's batches go through the memoised functions too: the memo must not grow with the
+    search. Recent results are recalled, old ones computed again, never more than ``KEEP`` held."""
+    from certify.engine import memo
+
+    graph, computed = object(), []
+
+    def value(i: int):
+        return memo.recall("k", graph, (torch.tensor([float(i)]),), lambda: computed.append(i) or i)
+
+    with memo.shared():
+        for i in range(40):
+            assert value(i) == i
+        assert len(memo._MEMO.get()) == memo.KEEP
+        assert value(39) == 39 and value(40 - memo.KEEP) == 40 - memo.KEEP  # held: not computed again
+        assert computed == list(range(40))
+        assert value(0) == 0 and computed[-1] == 0  # evicted: computed again

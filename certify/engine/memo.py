@@ -1,7 +1,11 @@
 """Results shared along one ``auto`` chain. Inside ``shared()``, a step that repeats an identical earlier
 call (the same graph object, and exactly equal input set, rows and options) gets that call's result back
 instead of computing it again: alpha-CROWN's root slopes are branch-and-bound's, and CROWN's sound bound
-is alpha-CROWN's starting point. Shared, not copied: callers treat the results as read-only."""
+is alpha-CROWN's starting point. Shared, not copied: callers treat the results as read-only.
+
+The memo keeps the ``KEEP`` most recent results: branch-and-bound's batches pass through the same functions
+(``sound_crown_lower`` re-certifies every batch of closing domains), and an unbounded memo would hold every
+batch's boxes for the whole search (hundreds of MB on a long ACAS Xu search) and scan them all on each call."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +17,9 @@ import torch
 from torch import Tensor
 
 _MEMO: ContextVar[list | None] = ContextVar("certify_chain_memo", default=None)
+
+#: Results kept (the most recent): a chain step's, per spec of a property, are recalled by the next step.
+KEEP = 16
 
 
 @contextmanager
@@ -52,4 +59,5 @@ def recall(kind: str, graph: object, key: tuple, compute: Callable[[], Any]) -> 
             return result
     result = compute()
     memo.append((kind, graph, key, result))
+    del memo[:-KEEP]
     return result
