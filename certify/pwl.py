@@ -284,7 +284,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
         raise ValueError(f"float_rounding: expected variables, margin or none, got {float_rounding!r}")
     variables = float_rounding == "variables"
     from .engine.crown import compute_boxes
-    from .engine.fp import SOUND, sound_context, unit_roundoff
+    from .engine.fp import SOUND, path_factor, sound_context, unit_roundoff
     from .engine.rules import RULES
 
     why = unsupported_reason(graph)
@@ -297,6 +297,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
     u_eval = unit_roundoff(eval_dtype)
     t_eval = torch.finfo(eval_dtype).tiny
     u64 = unit_roundoff(torch.float64)
+    pf = path_factor(torch.float64)  # computed nonnegative error terms cover their own evaluation (fp.path_factor)
     g64 = graph.to(device="cpu", dtype=torch.float64)
     s64 = input_set.reshape(graph.input_shape).to(device="cpu", dtype=torch.float64)
     with sound_context():
@@ -373,8 +374,8 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
                        if abs_err is not None else 0.0)
             abs_small = abs(small)
             dropped = abs_small @ m_cols
-            err_r[out] = absL @ np.concatenate([err_r[i] for i in node.inputs]) + np.where(
-                copy, 0.0, (rel + 2 * u64) * m_in + abs_err) + dropped * (1 + 4 * u64)
+            err_r[out] = (absL @ np.concatenate([err_r[i] for i in node.inputs]) + np.where(
+                copy, 0.0, (rel + 2 * u64) * m_in + abs_err) + dropped) * pf
             # the runtime's rounding (engine.rules.affine_runtime_error): gamma_{n+4+k} in its precision,
             # against the file's own additive constants, plus flushed operands and results
             n_terms = np.diff(full.indptr) + np.diff(small.indptr) + 4.0 + float(node.params.get("runtime_ops", 0))
@@ -388,7 +389,7 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             extra = np.where(g > 0, g * (absL_all @ np.full(m_cols.size, t_eval) + b_rt + dropped)
                              + sub @ m_cols + 2 * n_terms * t_eval, 0.0)
             with np.errstate(invalid="ignore"):  # 0 * inf where there is no rounding variable
-                delta_max = np.where(g > 0, g * m_in + extra, 0.0) * (1 + 16 * u64)
+                delta_max = np.where(g > 0, g * m_in + extra, 0.0) * pf
             eub[out] = absL @ np.concatenate([eub[i] for i in node.inputs]) + delta_max
             if bool(copy.all()):  # moves only: the output is the inputs' variables, permuted
                 src = full.indices[full.indptr[:-1]]
@@ -408,13 +409,13 @@ def lower(graph: Graph, input_set: InputSet, eval_dtype: torch.dtype | None = No
             b.equal(v, coef, np.concatenate([cols[is_var], delta]), rhs)
             # +-delta_r - g_r |L_r| X v <= g_r |L_r| x0 + extra_r; coefficients of g |L| X too small for the
             # solver are bounded by their magnitude instead (moved to the right-hand side)
-            W = (sparse.diags(g[rounded]) @ (absL[rounded] @ X)).tocsr()
+            W = (sparse.diags(g[rounded] * pf) @ (absL[rounded] @ X)).tocsr()  # pf: W's own rounding
             tiny_w = W.copy()
             tiny_w.data = np.where(tiny_w.data < SMALL_COEF, tiny_w.data, 0.0)
             W.data = np.where(W.data < SMALL_COEF, 0.0, W.data)
             W.eliminate_zeros()
             W = W.tocoo()
-            cap = (g[rounded] * (absL[rounded] @ x0) + extra[rounded] + tiny_w @ var_mag) * (1 + 16 * u64)
+            cap = (g[rounded] * (absL[rounded] @ x0) + extra[rounded] + tiny_w @ var_mag) * pf
             k = rounded.size
             for sign in (1.0, -1.0):
                 b.upper(np.concatenate([np.arange(k), W.row]), np.concatenate([delta, W.col]),

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..graph import Graph
 from ..sets import Box, InputSet, LpBall, up
-from .fp import FAST, Rounding, sound_context, sound_rounding, unit_roundoff
+from .fp import FAST, Rounding, path_factor, sound_context, sound_rounding, unit_roundoff
 from .memo import recall
 from .rules import RULES, magnitude, node_box, runtime_perturbation
 
@@ -201,7 +201,7 @@ def backward_lower(graph: Graph, boxes: Mapping[str, Box], input_set: InputSet, 
     value = concretize_lower(input_set, A_x, rnd) + bias
     if rnd.sound:
         err = err + rnd.error_bound(bias_mag, bias_terms + 2)
-        value = rnd.lo(rnd.lo(value) - err)
+        value = rnd.lo(rnd.lo(value) - err * path_factor(err.dtype))  # err's own sums, rounded (fp.path_factor)
     return value
 
 
@@ -344,7 +344,7 @@ def crown_lower(graph: Graph, input_set: InputSet, C: Tensor, d: Tensor, rnd: Ro
             # error is absolute, under the smallest normal per coefficient: tiny (sum_k m_k + 1) covers C and d
             absolute = torch.finfo(A.dtype).tiny * (m_out.flatten(1).sum(-1, keepdim=True) + 1)
             rep = rep + u * _flat_dot(A.abs(), m_out) + absolute
-        value = rnd.lo(value - up(rep * (1 + 4 * u)))
+        value = rnd.lo(value - up(rep * path_factor(A.dtype)))
     return value
 
 

@@ -26,7 +26,7 @@ Algorithms*, 2nd ed., Lemma 3.1 and section 3.1):
   absorbed by taking ``r = up(max(u - c, c - l))``. For a linear map ``y = W x + b`` the interval
   transform is ``c' = W c + b``, ``r' = |W| r``; each is off by at most
   ``gamma_{n+2} (|W| (|c| + r) + |b|)``, so widening ``r'`` by that amount (computed with its own
-  rounding absorbed by a ``(1 + 4u)`` factor plus the smallest normal) gives an interval that
+  rounding absorbed by ``path_factor``, plus the smallest normal) gives an interval that
   contains the exact image. The same holds for any linear op evaluated as sums of products
   (convolution computed by im2col/GEMM, average pooling); ``sound_context`` disables the
   oneDNN/cuDNN paths that may use Winograd or FFT algorithms, and TF32.
@@ -71,6 +71,21 @@ def gamma(n: int, dtype: torch.dtype) -> float:
     if nu >= 0.5:
         raise ValueError(f"dot product of length {n} too long for a rounding bound in {dtype}")
     return nu / (1 - nu)
+
+
+#: A bound on the roundings along any path of a nonnegative quantity the engine computes to bound an error (a
+#: magnitude ``<|A|, m>``, an error total summed over the graph's nodes): dot products of fewer than 2**36 terms,
+#: nested a few levels, over fewer than 2**36 nodes. Far above anything that fits in memory.
+PATH_ROUNDINGS = 2 ** 40
+
+
+def path_factor(dtype: torch.dtype) -> float:
+    """``1 + 2 gamma_P`` (``P = PATH_ROUNDINGS``; 1.0002 in float64): a computed nonnegative sum or product of ``k
+    <= P`` rounded operations is at least ``(1 - gamma_k)`` times its exact value (Higham, Lemma 3.1: no
+    cancellation), so the exact value is at most the computed one times ``1 / (1 - gamma_P) <= 1 + 2 gamma_P``, with
+    room left for the few roundings of the multiplication by this factor. Multiplying a computed error bound by it
+    makes the bound cover its own evaluation. Raises for a format too short for the argument (float32)."""
+    return 1 + 2 * gamma(PATH_ROUNDINGS, dtype)
 
 
 @dataclass(frozen=True)
@@ -122,19 +137,22 @@ class Rounding:
         return c, torch.where(box.upper == box.lower, torch.zeros_like(m), up(m + tiny))
 
     def from_center_radius(self, c: Tensor, r: Tensor, err: Tensor | float | None = None) -> Box:
+        """``[c - r - err, c + r + err]`` rounded outward; ``err`` (a computed error bound) is scaled by
+        ``path_factor`` to cover its own evaluation."""
         if not self.sound:
             return Box(c - r, c + r)
-        width = r + err if err is not None else r
+        width = r + err * path_factor(c.dtype) if err is not None else r
         return self.outward(Box(c - up(width), c + up(width)))
 
     def error_bound(self, magnitude: Tensor, n: int, extra_rel: Tensor | float = 0.0) -> Tensor:
-        """``(gamma_n + extra_rel) * magnitude + 2 (n + 2) tiny``, itself rounded up: the ``(1 + 4u)``
-        factor covers the rounding of this product and of ``magnitude``'s computation, and the absolute
-        term the underflow of each of the ``n + 2`` operations (flushed to zero: at most ``tiny`` each)."""
+        """``(gamma_n + extra_rel) * magnitude + 2 (n + 2) tiny``, itself rounded up: ``path_factor``
+        covers the rounding of this product and of ``magnitude``'s own computation (a nonnegative dot
+        product, computed low by at most ``gamma_k`` relative), and the absolute term the underflow of each
+        of the ``n + 2`` operations (flushed to zero: at most ``tiny`` each)."""
         dt = magnitude.dtype
         g = gamma(n, dt)
         tiny = torch.finfo(dt).tiny
-        return (g + extra_rel) * magnitude * (1 + 4 * unit_roundoff(dt)) + 2 * (n + 2) * tiny
+        return (g + extra_rel) * magnitude * path_factor(dt) + 2 * (n + 2) * tiny
 
     def relative(self, box: Box, rel_ulps: float) -> Box:
         """Widen by ``rel_ulps * u * |value|`` plus the smallest normal (library functions)."""
@@ -207,5 +225,5 @@ def certify_margin(C: Tensor, d: Tensor, y: Box) -> Tensor:
     err = SOUND.error_bound(mag, n, extra_rel=unit_roundoff(torch.float64))
     # C, d rounded to a subnormal (or to 0) from an exact rational: absolute error, under tiny per entry
     m = torch.maximum(lo.abs(), hi.abs()).sum(-1)
-    err = err + torch.finfo(torch.float64).tiny * (m + 1)
+    err = (err + torch.finfo(torch.float64).tiny * (m + 1)) * path_factor(torch.float64)
     return down(value - err)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..sets import Box, down, up
-from .fp import OverflowRisk, Rounding, gamma, unit_roundoff
+from .fp import OverflowRisk, Rounding, gamma, path_factor, unit_roundoff
 
 Params = Mapping[str, Any]
 Forward = Callable[..., Tensor]  # forward(params, *inputs) -> output
@@ -172,10 +172,10 @@ def magnitude(box: Box) -> Tensor:
 
 
 def _finish(E: Tensor, out_mag: Tensor, fmt: torch.dtype) -> Tensor:
-    """``E`` rounded up past its own float64 evaluation (a few roundings: ``(1 + 16 u)``, plus the
-    smallest normal); ``OverflowRisk`` when a value of magnitude ``out_mag + E`` may not be finite in
-    ``fmt`` (the runtime would return inf, which no bound covers)."""
-    E = up(E * (1 + 16 * unit_roundoff(E.dtype)) + torch.finfo(E.dtype).tiny)
+    """``E`` rounded up past its own float64 evaluation (``fp.path_factor``: a nonnegative expression of
+    dot products, plus the smallest normal); ``OverflowRisk`` when a value of magnitude ``out_mag + E`` may
+    not be finite in ``fmt`` (the runtime would return inf, which no bound covers)."""
+    E = up(E * path_factor(E.dtype) + torch.finfo(E.dtype).tiny)
     if bool((out_mag + E >= torch.finfo(fmt).max).any()) or not bool(torch.isfinite(E).all()):
         raise OverflowRisk(f"a value may exceed the largest {fmt} ({torch.finfo(fmt).max:.3g}) at runtime")
     return E

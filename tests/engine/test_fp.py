@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from certify.engine import certify_margin, interval_bounds, sound_interval_bounds
-from certify.engine.fp import FAST, SOUND, gamma
+from certify.engine.fp import FAST, SOUND, gamma, path_factor, unit_roundoff
 from certify.engine.rules import RULES
 from certify.graph import Graph, Node
 from certify.sets import Box
@@ -96,6 +96,33 @@ def test_gamma_grows_with_length():
     assert gamma(1, torch.float64) < gamma(100, torch.float64) < 1e-13
     with pytest.raises(ValueError):
         gamma(2**60, torch.float64)
+
+
+def test_error_bound_covers_a_magnitude_that_was_itself_computed_low():
+    """An error bound is ``gamma_n`` times a magnitude that the engine *computes* (a nonnegative dot product,
+    rounded to nearest), so it can come out low by up to ``gamma_k`` relative for a length-``k`` sum. Here a
+    left-to-right sum of ``1`` and ``10**5`` terms of ``2**-54`` rounds to exactly ``1.0``: a factor of a few
+    unit roundoffs (the ``1 + 4u`` this rule once used) does not cover the lost ``5.6e-12``; ``path_factor``
+    must, and so must ``error_bound`` against the exact magnitude."""
+    terms = [1.0] + [2.0 ** -54] * 10 ** 5
+    computed = 0.0
+    for t in terms:
+        computed += t
+    exact = sum((Fraction(t) for t in terms), Fraction(0))
+    assert computed == 1.0 and exact > Fraction(computed) * (1 + 4 * Fraction(unit_roundoff(torch.float64)))
+    assert Fraction(computed) * Fraction(path_factor(torch.float64)) >= exact
+    n = 784
+    bound = SOUND.error_bound(torch.tensor([computed], dtype=torch.float64), n)
+    u = Fraction(unit_roundoff(torch.float64))
+    exact_gamma = n * u / (1 - n * u)
+    assert Fraction(float(bound[0])) >= exact_gamma * exact
+    # the worst case the argument allows at a longer path: computed = exact (1 - gamma_k)
+    for k in (10 ** 3, 10 ** 6, 2 ** 30):
+        low = float(Fraction(1) * (1 - Fraction(gamma(k, torch.float64))))
+        bound = SOUND.error_bound(torch.tensor([low], dtype=torch.float64), n)
+        assert Fraction(float(bound[0])) >= exact_gamma
+    with pytest.raises(ValueError):  # float32 is too short for this argument: refused, not guessed
+        path_factor(torch.float32)
 
 
 def _exact_forward(graph: Graph, x: list[Fraction]) -> list[Fraction]:
