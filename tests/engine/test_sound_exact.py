@@ -24,7 +24,7 @@ from certify.graph import Graph, Node
 from certify.sets import Box
 
 
-def _cancelling_net(seed: int, n_in: int = 4, width: int = 6, depth: int = 3):
+def _cancelling_net(seed: int, n_in: int = 4, width: int = 6, depth: int = 3, active: bool = False):
     """Dense ReLU layers whose weights are ``1e8 * (+-1)`` pairs plus O(1) parts: every pre-activation
     is a difference of huge terms. Biases are chosen so that at the centre each pre-activation is
     O(1e-9), i.e. the ReLUs are unstable on any box wider than that."""
@@ -37,7 +37,9 @@ def _cancelling_net(seed: int, n_in: int = 4, width: int = 6, depth: int = 3):
         big[:, 1::2] = -big[:, ::2][:, : big[:, 1::2].shape[1]]  # columns cancel pairwise
         W = big + rng.standard_normal((width, shape))
         pre = W @ h
-        b = -pre + rng.uniform(-1e-9, 1e-9, width)  # pre-activations ~ 1e-9 at the centre
+        # pre-activations ~ 1e-9 at the centre; or in [0.5, 1] (``active``: every ReLU stays on, its relaxation
+        # is exact, and only the rounding terms of CROWN's linear steps stand between its value and the exact one)
+        b = -pre + (rng.uniform(0.5, 1.0, width) if active else rng.uniform(-1e-9, 1e-9, width))
         nodes.append(Node(f"fc{i}", "linear", (prev,), f"z{i}",
                           {"weight": torch.tensor(W), "bias": torch.tensor(b)}, (width,)))
         nodes.append(Node(f"relu{i}", "relu", (f"z{i}",), f"h{i}", {}, (width,)))
@@ -73,8 +75,8 @@ def _points(lo: np.ndarray, hi: np.ndarray, rng, n: int = 24) -> list[np.ndarray
     return pts
 
 
-def _case(seed: int, width_of_box: float):
-    graph, x0 = _cancelling_net(seed)
+def _case(seed: int, width_of_box: float, active: bool = False):
+    graph, x0 = _cancelling_net(seed, active=active)
     rng = np.random.default_rng(1000 + seed)
     lo, hi = x0 - width_of_box / 2, x0 + width_of_box / 2
     box = Box(torch.tensor(lo)[None], torch.tensor(hi)[None])
@@ -109,6 +111,59 @@ def test_sound_ibp_contains_exact_values(seed, width):
     for p in _points(lo, hi, rng, 8):
         for k, v in enumerate(_exact_forward(graph, p)):
             assert Fraction(out.lower[0, k].item()) <= v <= Fraction(out.upper[0, k].item())
+
+
+def _cancelling_coefficients(seed: int):
+    """x (4) -> z = W1 x (6) -> y = W2 z (3), no ReLU. W1's rows come in pairs ``+-1e8 r_i`` plus O(1) parts and
+    W2 adds each pair with one coefficient, so ``z`` is ~1e8 while ``y`` and CROWN's input coefficients
+    ``C W2 W1`` are O(1): the rounding of the product ``(C W2) W1`` (~1e-8) is not covered by the small
+    concretisation or output terms, only by the linear step's own rounding term."""
+    rng = np.random.default_rng(seed)
+    r = 1e8 * rng.standard_normal((3, 4))
+    W1 = np.empty((6, 4))
+    W1[0::2], W1[1::2] = r + rng.standard_normal((3, 4)), -r + rng.standard_normal((3, 4))
+    W2 = np.repeat(rng.standard_normal((3, 3)), 2, axis=1)
+    nodes = (Node("fc1", "linear", ("x",), "z", {"weight": torch.tensor(W1), "bias": torch.zeros(6, dtype=torch.float64)}, (6,)),
+             Node("fc2", "linear", ("z",), "y", {"weight": torch.tensor(W2), "bias": torch.zeros(3, dtype=torch.float64)}, (3,)))
+    graph = Graph("x", (4,), nodes, "y", (3,), meta={"semantics": "real"})
+    x0 = rng.uniform(-1, 1, 4)
+    box = Box(torch.tensor(x0)[None], torch.tensor(x0)[None])
+    C = torch.tensor(rng.standard_normal((1, 4, 3)))
+    y = _exact_forward(graph, x0)
+    exact = [sum((Fraction(c) * yi for c, yi in zip(row, y)), Fraction(0)) for row in C[0].tolist()]
+    return graph, box, C, torch.zeros(1, 4, dtype=torch.float64), exact
+
+
+def test_sound_crown_covers_the_rounding_of_cancelling_coefficients():
+    fast_bad = 0
+    for seed in range(20):
+        graph, box, C, d, exact = _cancelling_coefficients(seed)
+        for r, (b, e) in enumerate(zip(sound_crown_lower(graph, box, C, d)[0].tolist(), exact)):
+            assert Fraction(b) <= e, f"seed {seed} row {r}: {b!r} above the exact value {float(e)!r}"
+        with torch.no_grad():
+            fast = crown_lower(graph, box, C, d, FAST)[0]
+        fast_bad += sum(Fraction(b) > e for b, e in zip(fast.tolist(), exact))
+    assert fast_bad > 0  # the check has teeth: without rounding terms the bound exceeds the exact value
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_sound_crown_never_exceeds_an_exact_value_through_active_relus(seed):
+    """Every ReLU active on the box: the relaxation is the identity, CROWN's value is the exact linear map up to
+    rounding, and each rounding term of its linear steps is needed (dropping one fails some seed)."""
+    graph, box, C, d, exact_min = _case(seed, 1e-13, active=True)
+    bound = sound_crown_lower(graph, box, C, d)[0]
+    for r, (b, e) in enumerate(zip(bound.tolist(), exact_min)):
+        assert Fraction(b) <= e, f"row {r}: {b!r} above the exact value {float(e)!r}"
+
+
+def test_fast_crown_fails_through_active_relus():
+    bad = 0
+    for seed in range(10):
+        graph, box, C, d, exact_min = _case(seed, 1e-13, active=True)
+        with torch.no_grad():
+            fast = crown_lower(graph, box, C, d, FAST)[0]
+        bad += sum(Fraction(b) > e for b, e in zip(fast.tolist(), exact_min))
+    assert bad > 0
 
 
 def test_fast_passes_fail_the_same_check():
