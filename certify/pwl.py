@@ -33,7 +33,10 @@ exact in floating point. ``delta = 0`` is the exact network on the stored weight
 evaluation of it (onnxruntime's, PyTorch's) is the program at some admissible ``delta``, so a clause
 the program cannot reach is reached neither in exact arithmetic nor by the float network. The engine's
 boxes bound the exact network; for the program's variables they are widened by an a-priori bound of
-the accumulated rounding (``|L|`` times the error before, plus the ``delta`` bound).
+the accumulated rounding (``|L|`` times the error before, plus the ``delta`` bound). Every such bound is
+computed in float64 as a nonnegative expression of dot products, which rounding can leave low by ``gamma_k``
+relative; each is multiplied by ``certify.engine.fp.path_factor`` (``1 + 2 gamma_{2^40}``) to cover that, and
+so are the coefficients ``g |L|`` of the ``delta`` rows.
 
 (``lower(..., float_rounding="margin")`` leaves the rounding variables out and adds that a-priori bound
 to the constant margin instead: a smaller problem with a looser margin, which the SMT backend uses.)

@@ -5,17 +5,16 @@ miss them on cancellation-heavy inputs, which is what makes these tests able to 
 """
 from __future__ import annotations
 
-import math
 import random
 from fractions import Fraction
 
 import pytest
 import torch
 
-from certify.engine import certify_margin, interval_bounds, sound_interval_bounds
+from certify.engine import certify_margin, sound_interval_bounds
 from certify.engine.fp import FAST, SOUND, gamma, path_factor, unit_roundoff
 from certify.engine.rules import RULES
-from certify.graph import Graph, Node
+from certify.graph import Graph
 from certify.sets import Box
 
 from conftest import EXAMPLES, shared_dir
